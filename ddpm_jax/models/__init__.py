@@ -1,0 +1,1 @@
+"""Flax networks. They know nothing about noise schedules or losses."""

@@ -1,0 +1,39 @@
+"""ddpm-jax: a JAX/Flax reimplementation of DDPM (Ho, Jain, Abbeel 2020) with the μ-parameterization."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "numpy>=1.26",
+    "jax>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.12,<0.13",
+    "tensorflow-datasets>=4.9.9,<5",
+    "ml-collections>=1.0",
+    "chex>=0.1.90",
+    "grain>=0.2.18,<0.3",
+    "importlib_resources",
+    "tqdm",
+    "pillow",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    "tpu": ["jax[tpu]>=0.10,<0.11"],
+    "cuda": ["jax[cuda12]>=0.10,<0.11"],
+}
+
+setup(
+    name="ddpm-jax",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
+    include_package_data=True,
+    package_data={"ddpm_jax": ["data/assets/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)

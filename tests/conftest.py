@@ -1,0 +1,26 @@
+"""Test-session set-up shared by every test module.
+
+Runs before JAX is imported anywhere: it gives the CPU backend 8 virtual devices (so the sharded code paths
+are exercised on one machine), turns on float64 support only where a test asks for it (never globally, so
+the code under test runs in the float32 it runs in for real), and enables the persistent compilation cache
+so that repeated shapes across test files and pytest-xdist workers compile once.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ddpm_jax", "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# TensorFlow must never be needed at run time; tests that need it (checkpoint conversion) run it in a
+# subprocess of their own.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402  (must come after the environment above)
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
