@@ -1,0 +1,278 @@
+"""Building blocks of the DDPM U-Net (Ho et al. 2020, `diffusion_tf/nn.py` and `models/unet.py`).
+
+Every layer here reproduces one operation of the original TF1 network exactly (initialisers, padding,
+normalisation constants), so that released checkpoints load and run unchanged. The options added by
+Improved DDPM (Nichol & Dhariwal 2021: multi-head attention, scale-shift norm) are off by default.
+
+Parameters are always created in `param_dtype` (float32); `dtype` is the computation dtype. Group
+normalisation and the attention softmax are computed in float32 whatever `dtype` is, because their
+reductions lose too much precision in bfloat16.
+"""
+
+import math
+from typing import Any, Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# tf.contrib.layers.group_norm defaults used by the original `normalize`.
+NUM_GROUPS = 32
+GROUP_NORM_EPSILON = 1e-6
+# The original `default_init(0.)` substitutes this scale: near-zero, not exactly zero, so that the
+# fan-based variance stays well defined.
+ZERO_INIT_SCALE = 1e-10
+
+
+def default_init(scale: float = 1.0) -> jax.nn.initializers.Initializer:
+  """variance_scaling(scale, fan_avg, uniform) with scale 0 meaning 1e-10, as `nn.default_init`."""
+  return nn.initializers.variance_scaling(
+      ZERO_INIT_SCALE if scale == 0 else scale, mode='fan_avg', distribution='uniform')
+
+
+def tf_same_padding(size: int, *, kernel_size: int, stride: int) -> tuple[int, int]:
+  """The (before, after) padding of TensorFlow's "SAME" convention along one axis.
+
+  The output has ceil(size / stride) entries; the total padding needed for that is split with the
+  smaller half *before*, so a stride-2 3-tap filter on an even size pads 0 before and 1 after.
+  """
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel_size - size, 0)
+  return total // 2, total - total // 2
+
+
+def swish(x: jax.Array) -> jax.Array:
+  """x·sigmoid(x), the original `nonlinearity` (tf.nn.swish)."""
+  return nn.swish(x)
+
+
+def get_timestep_embedding(timesteps: jax.Array, embedding_dim: int) -> jax.Array:
+  """Sinusoidal embedding of (integer or real) timesteps, as `nn.get_timestep_embedding`.
+
+  With half = embedding_dim // 2 and frequencies f_i = exp(-i·log(10000) / (half - 1)) for
+  i = 0..half-1, returns [sin(t·f) | cos(t·f)] (sin block first), zero-padded by one column when
+  embedding_dim is odd (the tensor2tensor variant of Vaswani et al. 2017, §3.5).
+
+  Args:
+    timesteps: [B] timesteps.
+    embedding_dim: the output width; at least 4 (the frequency spacing divides by half - 1).
+
+  Returns:
+    [B, embedding_dim] float32 embedding.
+  """
+  if timesteps.ndim != 1:
+    raise ValueError(f'timesteps must have shape [B], got shape {timesteps.shape}.')
+  if embedding_dim < 4:
+    raise ValueError(f'embedding_dim must be at least 4, got {embedding_dim}.')
+  half_dim = embedding_dim // 2
+  log_spacing = math.log(10000) / (half_dim - 1)
+  freqs = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -log_spacing)
+  args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  if embedding_dim % 2 == 1:
+    emb = jnp.pad(emb, [(0, 0), (0, 1)])
+  chex.assert_shape(emb, (timesteps.shape[0], embedding_dim))
+  return emb
+
+
+class GroupNorm(nn.Module):
+  """Group normalisation with 32 groups and eps 1e-6 (tf.contrib.layers.group_norm), in float32.
+
+  y = (x - mean) / sqrt(var + eps) · scale + bias, the moments taken over H, W and the channels of each
+  group. Parameters `scale` and `bias` are the original `gamma` and `beta`. The result is cast back to
+  the input dtype.
+  """
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    b, h, w, c = x.shape
+    if c % NUM_GROUPS:
+      raise ValueError(
+          f'GroupNorm needs a channel count divisible by {NUM_GROUPS} groups, got {c} channels.')
+    scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
+    xg = x.astype(jnp.float32).reshape(b, h, w, NUM_GROUPS, c // NUM_GROUPS)
+    mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+    # Two-pass variance: E[(x - mean)^2], not E[x^2] - mean^2, to avoid cancellation.
+    var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+    y = ((xg - mean) * jax.lax.rsqrt(var + GROUP_NORM_EPSILON)).reshape(b, h, w, c)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class Conv3x3(nn.Module):
+  """3×3 convolution with TF "SAME" padding (`nn.conv2d`); stride 1 or 2.
+
+  Parameters `kernel` [3, 3, in, out] and `bias` [out] are the original `W` and `b`. Padding is
+  computed from the input size with `tf_same_padding`, so a stride-2 conv on an even size pads 0
+  rows/columns before and 1 after, as TensorFlow does (not symmetric).
+  """
+  features: int
+  stride: int = 1
+  init_scale: float = 1.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    b, h, w, c = x.shape
+    kernel = self.param(
+        'kernel', default_init(self.init_scale), (3, 3, c, self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    padding = (tf_same_padding(h, kernel_size=3, stride=self.stride),
+               tf_same_padding(w, kernel_size=3, stride=self.stride))
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(self.stride, self.stride),
+        padding=padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + bias.astype(self.dtype)
+    chex.assert_shape(y, (b, -(-h // self.stride), -(-w // self.stride), self.features))
+    return y
+
+
+class Nin(nn.Module):
+  """A dense layer over the last (channel) axis: `nn.nin` / `nn.dense` (kernel [in, out] = `W`)."""
+  features: int
+  init_scale: float = 1.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        'kernel', default_init(self.init_scale), (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=1)
+    return y + bias.astype(self.dtype)
+
+
+class Downsample(nn.Module):
+  """Halve H and W: 3×3 stride-2 conv (TF SAME padding) or 2×2 average pooling (`downsample`)."""
+  with_conv: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    if h % 2 or w % 2:
+      raise ValueError(f'Downsample needs even H and W, got input shape {x.shape}.')
+    if self.with_conv:
+      x = Conv3x3(c, stride=2, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
+    else:
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    chex.assert_shape(x, (b, h // 2, w // 2, c))
+    return x
+
+
+class Upsample(nn.Module):
+  """Double H and W by nearest-neighbour repetition, then optionally a 3×3 conv (`upsample`).
+
+  The original resizes with align_corners=True; for an exact factor 2 that maps output index j to
+  input index round(j·(n-1)/(2n-1)) = j // 2, i.e. plain repetition.
+  """
+  with_conv: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if self.with_conv:
+      x = Conv3x3(c, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
+    chex.assert_shape(x, (b, 2 * h, 2 * w, c))
+    return x
+
+
+class ResnetBlock(nn.Module):
+  """The residual block of the original `resnet_block`, optionally with scale-shift norm.
+
+  h = conv1(swish(norm1(x))) + dense(swish(temb)); h = conv2(dropout(swish(norm2(h)))) with conv2
+  initialised near zero; the output is shortcut(x) + h, where the shortcut is a NIN layer when the
+  channel count changes.
+
+  With `use_scale_shift_norm` (Improved DDPM's AdaGN) the temb projection emits 2·out_ch channels
+  [scale | shift] and the block computes swish(norm2(h)·(1 + scale) + shift) instead of adding the
+  projection before norm2.
+  """
+  out_ch: int
+  dropout: float = 0.0
+  deterministic: bool = True
+  use_scale_shift_norm: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+    b, h_, w_, c = x.shape
+    chex.assert_shape(temb, (b, None))
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = swish(GroupNorm(param_dtype=self.param_dtype, name='norm1')(x))
+    h = Conv3x3(self.out_ch, name='conv1', **kw)(h)
+
+    emb_ch = 2 * self.out_ch if self.use_scale_shift_norm else self.out_ch
+    emb = Nin(emb_ch, name='temb_proj', **kw)(swish(temb))[:, None, None, :]
+    if self.use_scale_shift_norm:
+      scale, shift = jnp.split(emb, 2, axis=-1)
+      h = GroupNorm(param_dtype=self.param_dtype, name='norm2')(h) * (1 + scale) + shift
+      h = swish(h)
+    else:
+      h = h + emb
+      h = swish(GroupNorm(param_dtype=self.param_dtype, name='norm2')(h))
+    h = nn.Dropout(rate=self.dropout, deterministic=self.deterministic)(h)
+    h = Conv3x3(self.out_ch, init_scale=0.0, name='conv2', **kw)(h)
+
+    if c != self.out_ch:
+      x = Nin(self.out_ch, name='nin_shortcut', **kw)(x)
+    chex.assert_shape(h, (b, h_, w_, self.out_ch))
+    chex.assert_equal_shape([x, h])
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Self-attention over the H·W positions with a residual connection (`attn_block`).
+
+  q, k, v and proj_out are NIN layers of C channels; proj_out starts near zero. The original is
+  single-head with logits scaled by C^-1/2. With `num_heads` > 1 (or `num_head_channels`, as in
+  Improved DDPM) the channels are split into contiguous groups of d channels, each attending on its
+  own with d^-1/2 scaling; the parameter shapes do not change.
+  """
+  num_heads: int = 1
+  num_head_channels: Optional[int] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, height, width, c = x.shape
+    if self.num_head_channels is not None:
+      if c % self.num_head_channels:
+        raise ValueError(
+            f'num_head_channels={self.num_head_channels} does not divide the {c} channels of an '
+            'attention block.')
+      heads = c // self.num_head_channels
+    else:
+      if c % self.num_heads:
+        raise ValueError(
+            f'num_heads={self.num_heads} does not divide the {c} channels of an attention block.')
+      heads = self.num_heads
+    d = c // heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    h = GroupNorm(param_dtype=self.param_dtype, name='norm')(x)
+    split = lambda a: a.reshape(b, height * width, heads, d)
+    q = split(Nin(c, name='q', **kw)(h))
+    k = split(Nin(c, name='k', **kw)(h))
+    v = split(Nin(c, name='v', **kw)(h))
+    logits = jnp.einsum('bqnd,bknd->bnqk', q, k).astype(jnp.float32) * (d ** -0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    h = jnp.einsum('bnqk,bknd->bqnd', weights, v).reshape(b, height, width, c)
+    h = Nin(c, init_scale=0.0, name='proj_out', **kw)(h)
+    chex.assert_equal_shape([h, x])
+    return x + h

@@ -1,0 +1,318 @@
+"""The U-Net of DDPM (Ho et al. 2020, `diffusion_tf/models/unet.py`) as a Flax Linen module.
+
+With default options the network and its initialisation are those of the original, and the parameter
+tree mirrors the original TF variable names one-to-one (`model/down_0/block_0/conv1/W` is
+`params['down_0']['block_0']['conv1']['kernel']`; see `ddpm_jax.models.convert`), so released
+checkpoints load unchanged. Options from Improved DDPM (Nichol & Dhariwal 2021) — class conditioning,
+multi-head attention, scale-shift norm — and bf16 compute / rematerialisation are off by default.
+
+Usage:
+  model = UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+               out_ch=3)
+  params = model.init({'params': key}, x, t)['params']
+  out = model.apply({'params': params}, x, t, train=True, rngs={'dropout': key})
+"""
+
+from typing import Any, Optional, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddpm_jax.models import layers
+
+Dtype = Any
+
+
+class TimestepEmbed(nn.Module):
+  """temb = dense1(swish(dense0(sinusoidal(t)))) with width 4·ch (the original 'temb' scope)."""
+  ch: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    temb = layers.get_timestep_embedding(t, self.ch)
+    temb = layers.Nin(4 * self.ch, name='dense0', **kw)(temb)
+    temb = layers.Nin(4 * self.ch, name='dense1', **kw)(layers.swish(temb))
+    chex.assert_shape(temb, (t.shape[0], 4 * self.ch))
+    return temb
+
+
+# Recomputes the block's activations in the backward pass instead of storing them. All call arguments
+# are arrays (`deterministic` is a field), so no static_argnums are needed.
+_RematResnetBlock = nn.remat(layers.ResnetBlock)
+
+
+class _BlockOptions(nn.Module):
+  """Fields shared by the level modules below (not used on its own)."""
+  dropout: float = 0.0
+  deterministic: bool = True
+  use_scale_shift_norm: bool = False
+  num_heads: int = 1
+  num_head_channels: Optional[int] = None
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def res_block(self, out_ch: int, name: str) -> nn.Module:
+    cls = _RematResnetBlock if self.remat else layers.ResnetBlock
+    return cls(out_ch=out_ch, dropout=self.dropout, deterministic=self.deterministic,
+               use_scale_shift_norm=self.use_scale_shift_norm, dtype=self.dtype,
+               param_dtype=self.param_dtype, name=name)
+
+  def attn_block(self, name: str) -> nn.Module:
+    return layers.AttnBlock(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+                            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+
+class DownLevel(_BlockOptions):
+  """One resolution of the contracting path (the original 'down_{i}' scope).
+
+  Returns the outputs of every res block (after its attention, if any) and of the downsampler: the
+  skip connections the expanding path consumes in reverse order.
+  """
+  out_ch: int = 0
+  num_res_blocks: int = 0
+  attn_resolutions: Sequence[int] = ()
+  downsample: bool = False
+  resamp_with_conv: bool = True
+
+  @nn.compact
+  def __call__(self, h: jax.Array, temb: jax.Array) -> list[jax.Array]:
+    outputs = []
+    for i_block in range(self.num_res_blocks):
+      h = self.res_block(self.out_ch, f'block_{i_block}')(h, temb)
+      # As in the original, attention is decided by the *current* feature-map height.
+      if h.shape[1] in self.attn_resolutions:
+        h = self.attn_block(f'attn_{i_block}')(h)
+      outputs.append(h)
+    if self.downsample:
+      outputs.append(layers.Downsample(
+          with_conv=self.resamp_with_conv, dtype=self.dtype, param_dtype=self.param_dtype,
+          name='downsample')(outputs[-1]))
+    return outputs
+
+
+class MidLevel(_BlockOptions):
+  """res block → attention → res block at the lowest resolution (the original 'mid' scope)."""
+
+  @nn.compact
+  def __call__(self, h: jax.Array, temb: jax.Array) -> jax.Array:
+    c = h.shape[-1]
+    h = self.res_block(c, 'block_1')(h, temb)
+    h = self.attn_block('attn_1')(h)
+    return self.res_block(c, 'block_2')(h, temb)
+
+
+class UpLevel(_BlockOptions):
+  """One resolution of the expanding path (the original 'up_{i}' scope).
+
+  Runs num_res_blocks + 1 res blocks, each on [h | skip] concatenated on channels with the skips
+  taken from the end of `skips`, then upsamples unless this is the top level.
+  """
+  out_ch: int = 0
+  num_res_blocks: int = 0
+  attn_resolutions: Sequence[int] = ()
+  upsample: bool = False
+  resamp_with_conv: bool = True
+
+  @nn.compact
+  def __call__(self, h: jax.Array, skips: Sequence[jax.Array], temb: jax.Array) -> jax.Array:
+    chex.assert_equal(len(skips), self.num_res_blocks + 1)
+    for i_block in range(self.num_res_blocks + 1):
+      skip = skips[-1 - i_block]
+      h = self.res_block(self.out_ch, f'block_{i_block}')(jnp.concatenate([h, skip], axis=-1), temb)
+      if h.shape[1] in self.attn_resolutions:
+        h = self.attn_block(f'attn_{i_block}')(h)
+    if self.upsample:
+      h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name='upsample')(h)
+    return h
+
+
+class UNet(nn.Module):
+  """The DDPM noise-prediction network: a U-Net with timestep embedding and self-attention.
+
+  Attributes:
+    ch: base channel count; level i has ch·ch_mult[i] channels. Must be a multiple of 32 (GroupNorm).
+    out_ch: output channels (C for ε or x₀ prediction; 2C for learned variances, [mean | variance]).
+    num_res_blocks: res blocks per level on the way down (one more on the way up).
+    attn_resolutions: feature-map heights at which self-attention follows each res block.
+    ch_mult: channel multipliers per level; len(ch_mult) - 1 downsamplings.
+    dropout: dropout rate inside res blocks, active only with `train=True`.
+    resamp_with_conv: convolutional down/upsampling (True, the original's setting) or pooling/repeat.
+    num_classes: None for an unconditional model; otherwise a learned label embedding ('label_emb')
+      is added to the timestep embedding and `y` is required.
+    num_heads: attention heads (Improved DDPM); 1 reproduces the original.
+    num_head_channels: channels per head; overrides num_heads when set.
+    use_scale_shift_norm: AdaGN res blocks (Improved DDPM) instead of adding temb before norm2.
+    dtype: computation dtype (e.g. jnp.bfloat16); norms and softmax stay float32, the output is float32.
+    param_dtype: parameter dtype, float32.
+    remat: rematerialise each res block in the backward pass (less memory, more compute).
+  """
+  ch: int
+  out_ch: int
+  num_res_blocks: int
+  attn_resolutions: Sequence[int]
+  ch_mult: Sequence[int] = (1, 2, 4, 8)
+  dropout: float = 0.0
+  resamp_with_conv: bool = True
+  num_classes: Optional[int] = None
+  num_heads: int = 1
+  num_head_channels: Optional[int] = None
+  use_scale_shift_norm: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  def __post_init__(self):
+    _check_fields(self)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, y: Optional[jax.Array] = None, *,
+               train: bool = False) -> jax.Array:
+    """Returns the raw network output [B, H, W, out_ch] (float32) for images x [B, H, W, C] at t [B].
+
+    Args:
+      x: NHWC images; H and W divisible by 2**(len(ch_mult) - 1).
+      t: [B] timesteps (integer, or real for respaced samplers).
+      y: [B] integer class labels when num_classes is set, else None.
+      train: enables dropout (then pass rngs={'dropout': key}).
+    """
+    if x.ndim != 4:
+      raise ValueError(f'x must be NHWC [B, H, W, C], got shape {x.shape}.')
+    b, height, width, _ = x.shape
+    factor = 2 ** (len(self.ch_mult) - 1)
+    if height % factor or width % factor:
+      raise ValueError(
+          f'Input spatial size {height}x{width} is not divisible by 2**(len(ch_mult) - 1) = {factor} '
+          f'(ch_mult={tuple(self.ch_mult)}); use a size that is a multiple of {factor}.')
+    if t.shape != (b,):
+      raise ValueError(f't must have shape [B] = ({b},), got {t.shape}.')
+    if self.num_classes is None:
+      if y is not None:
+        raise ValueError('y was given but the UNet is unconditional (num_classes=None).')
+    else:
+      if y is None:
+        raise ValueError(f'y (class labels) is required: the UNet has num_classes={self.num_classes}.')
+      if y.shape != (b,) or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f'y must be integer labels of shape ({b},), got {y.dtype}{y.shape}.')
+
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    opts = dict(dropout=self.dropout, deterministic=not train,
+                use_scale_shift_norm=self.use_scale_shift_norm, num_heads=self.num_heads,
+                num_head_channels=self.num_head_channels, remat=self.remat, **kw)
+    num_levels = len(self.ch_mult)
+
+    temb = TimestepEmbed(self.ch, name='temb', **kw)(t)
+    if self.num_classes is not None:
+      temb = temb + nn.Embed(self.num_classes, 4 * self.ch, name='label_emb',
+                             param_dtype=self.param_dtype)(y).astype(temb.dtype)
+
+    hs = [layers.Conv3x3(self.ch, name='conv_in', **kw)(x)]
+    for i_level in range(num_levels):
+      hs += DownLevel(
+          out_ch=self.ch * self.ch_mult[i_level], num_res_blocks=self.num_res_blocks,
+          attn_resolutions=tuple(self.attn_resolutions), downsample=i_level != num_levels - 1,
+          resamp_with_conv=self.resamp_with_conv, name=f'down_{i_level}', **opts)(hs[-1], temb)
+
+    h = MidLevel(name='mid', **opts)(hs[-1], temb)
+
+    for i_level in reversed(range(num_levels)):
+      skips, hs = hs[-(self.num_res_blocks + 1):], hs[:-(self.num_res_blocks + 1)]
+      h = UpLevel(
+          out_ch=self.ch * self.ch_mult[i_level], num_res_blocks=self.num_res_blocks,
+          attn_resolutions=tuple(self.attn_resolutions), upsample=i_level != 0,
+          resamp_with_conv=self.resamp_with_conv, name=f'up_{i_level}', **opts)(h, skips, temb)
+    assert not hs, 'every skip connection must be consumed'
+
+    h = layers.swish(layers.GroupNorm(param_dtype=self.param_dtype, name='norm_out')(h))
+    h = layers.Conv3x3(self.out_ch, init_scale=0.0, name='conv_out', **kw)(h)
+    chex.assert_shape(h, (b, height, width, self.out_ch))
+    return h.astype(jnp.float32)
+
+
+def _check_fields(m: UNet) -> None:
+  """Raises ValueError naming the first bad UNet field, its value and what is accepted."""
+  def bad(field, value, accepted):
+    raise ValueError(f'UNet.{field}={value!r} is invalid: expected {accepted}.')
+
+  if not isinstance(m.ch, (int, np.integer)) or m.ch <= 0:
+    bad('ch', m.ch, 'a positive int')
+  if not m.ch_mult or any(not isinstance(c, (int, np.integer)) or c <= 0 for c in m.ch_mult):
+    bad('ch_mult', m.ch_mult, 'a non-empty sequence of positive ints')
+  widths = [m.ch] + [m.ch * c for c in m.ch_mult]
+  if any(w % layers.NUM_GROUPS for w in widths):
+    bad('ch', m.ch, f'ch and every ch·ch_mult[i] divisible by the {layers.NUM_GROUPS} GroupNorm '
+        f'groups (channel widths would be {widths})')
+  if not isinstance(m.out_ch, (int, np.integer)) or m.out_ch <= 0:
+    bad('out_ch', m.out_ch, 'a positive int')
+  if not isinstance(m.num_res_blocks, (int, np.integer)) or m.num_res_blocks < 1:
+    bad('num_res_blocks', m.num_res_blocks, 'an int >= 1')
+  if isinstance(m.attn_resolutions, (str, int)) or any(
+      not isinstance(r, (int, np.integer)) or r <= 0 for r in m.attn_resolutions):
+    bad('attn_resolutions', m.attn_resolutions, 'a sequence of positive ints (feature-map heights)')
+  if not isinstance(m.dropout, (int, float, np.floating)) or not 0.0 <= m.dropout < 1.0:
+    bad('dropout', m.dropout, 'a rate in [0, 1)')
+  if m.num_classes is not None and (not isinstance(m.num_classes, (int, np.integer))
+                                    or m.num_classes < 1):
+    bad('num_classes', m.num_classes, 'None (unconditional) or a positive int')
+  if not isinstance(m.num_heads, (int, np.integer)) or m.num_heads < 1:
+    bad('num_heads', m.num_heads, 'a positive int')
+  if m.num_head_channels is not None and (
+      not isinstance(m.num_head_channels, (int, np.integer)) or m.num_head_channels < 1):
+    bad('num_head_channels', m.num_head_channels, 'None or a positive int')
+  if jnp.dtype(m.param_dtype) != jnp.float32:
+    bad('param_dtype', m.param_dtype, 'float32 (compute in lower precision with `dtype`)')
+  if not jnp.issubdtype(jnp.dtype(m.dtype), jnp.floating):
+    bad('dtype', m.dtype, 'a floating dtype such as float32 or bfloat16')
+
+
+# Fields of `config.model` that `unet_from_config` reads, with their defaults (None: required).
+_REQUIRED = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout', 'resamp_with_conv',
+             'out_ch')
+_OPTIONAL = {'num_classes': None, 'num_heads': 1, 'num_head_channels': None,
+             'use_scale_shift_norm': False, 'dtype': 'float32', 'remat': False}
+# Fields other parts of the project may keep in `config.model` that do not concern the network.
+_IGNORED = ('name',)
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def unet_from_config(model_config: ml_collections.ConfigDict) -> UNet:
+  """Builds the UNet described by a `config.model` ConfigDict.
+
+  Required fields: ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, out_ch.
+  Optional: num_classes (None), num_heads (1), num_head_channels (None), use_scale_shift_norm (False),
+  dtype ('float32' | 'bfloat16' | 'float16'), remat (False). A 'name' field is ignored; any other field
+  is an error (it would otherwise be silently dropped).
+  """
+  fields = dict(model_config.items()) if hasattr(model_config, 'items') else None
+  if fields is None:
+    raise TypeError(f'model_config must be an ml_collections.ConfigDict, got {type(model_config)}.')
+  missing = [k for k in _REQUIRED if k not in fields]
+  if missing:
+    raise ValueError(f'config.model is missing required field(s) {missing}; '
+                     f'required: {list(_REQUIRED)}, optional: {sorted(_OPTIONAL)}.')
+  unknown = sorted(k for k in fields if k not in _REQUIRED and k not in _OPTIONAL
+                   and k not in _IGNORED)
+  if unknown:
+    raise ValueError(f'config.model has unknown field(s) {unknown}; accepted: '
+                     f'{list(_REQUIRED) + sorted(_OPTIONAL) + list(_IGNORED)}.')
+  kwargs = {k: fields[k] for k in _REQUIRED}
+  kwargs.update({k: fields.get(k, default) for k, default in _OPTIONAL.items()})
+  dtype = kwargs['dtype']
+  if isinstance(dtype, str):
+    if dtype not in _DTYPES:
+      raise ValueError(f'config.model.dtype={dtype!r} is invalid: expected one of {sorted(_DTYPES)}.')
+    kwargs['dtype'] = _DTYPES[dtype]
+  for k in ('ch_mult', 'attn_resolutions'):
+    if isinstance(kwargs[k], (str, int)) or not hasattr(kwargs[k], '__iter__'):
+      raise ValueError(f'config.model.{k}={kwargs[k]!r} is invalid: expected a sequence of ints.')
+    kwargs[k] = tuple(kwargs[k])
+  return UNet(**kwargs)

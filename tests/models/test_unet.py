@@ -1,0 +1,239 @@
+"""Tests of the Flax DDPM U-Net: sizes, layer semantics against hand-computed cases, options."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ddpm_jax.models import layers
+from ddpm_jax.models.unet import UNet, unet_from_config
+
+TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), out_ch=3, dropout=0.1)
+
+
+def _shapes(model, size, *, in_ch=3, batch=1, y=False):
+  x = jax.ShapeDtypeStruct((batch, size[0], size[1], in_ch), jnp.float32)
+  t = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  yy = jax.ShapeDtypeStruct((batch,), jnp.int32) if y else None
+  variables = jax.eval_shape(model.init, jax.random.key(0), x, t, yy)
+  out = jax.eval_shape(model.apply, variables, x, t, yy)
+  return variables['params'], out
+
+
+@pytest.mark.parametrize('ch_mult,size,count,arrays', [
+    ((1, 2, 2, 2), 32, 35_746_307, 328),   # CIFAR-10 (paper, Appendix B)
+    ((1, 1, 2, 2, 4, 4), 256, 113_673_219, None),   # LSUN / CelebA-HQ 256²
+])
+def test_parameter_counts_of_the_paper_models(ch_mult, size, count, arrays):
+  model = UNet(ch=128, ch_mult=ch_mult, num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+               out_ch=3)
+  params, out = _shapes(model, (size, size))
+  leaves = jax.tree.leaves(params)
+  assert sum(math.prod(p.shape) for p in leaves) == count
+  if arrays is not None:
+    assert len(leaves) == arrays
+  assert all(p.dtype == jnp.float32 for p in leaves)
+  assert out.shape == (1, size, size, 3) and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('kwargs,size,out_ch', [
+    (dict(TINY), (8, 8), 3),
+    (dict(TINY, out_ch=6), (8, 8), 6),   # learned variances: [mean | variance] channels
+    (dict(TINY, ch_mult=(1, 2, 2), out_ch=2), (16, 8), 2),   # non-square, 1-channel data
+    (dict(TINY, resamp_with_conv=False, num_heads=2), (8, 8), 3),
+])
+def test_output_shapes(kwargs, size, out_ch):
+  in_ch = 1 if out_ch == 2 else 3
+  params, out = _shapes(UNet(**kwargs), size, in_ch=in_ch, batch=2)
+  assert out.shape == (2, *size, out_ch) and out.dtype == jnp.float32
+  if not kwargs.get('resamp_with_conv', True):
+    assert 'downsample' not in params['down_0'] and 'upsample' not in params['up_1']
+
+
+def test_bad_inputs_and_fields_raise_clear_errors():
+  model = UNet(**dict(TINY, ch_mult=(1, 2, 2)))
+  with pytest.raises(ValueError, match=r'10x10 is not divisible by 2\*\*\(len\(ch_mult\) - 1\) = 4'):
+    _shapes(model, (10, 10))
+  with pytest.raises(ValueError, match=r'UNet.ch=16 .*divisible by the 32 GroupNorm groups'):
+    UNet(**dict(TINY, ch=16))
+  with pytest.raises(ValueError, match=r'UNet.ch_mult=\(1, 1.5\) .*positive ints'):
+    UNet(**dict(TINY, ch_mult=(1, 1.5)))
+  with pytest.raises(ValueError, match='num_classes=4'):
+    _shapes(UNet(**dict(TINY, num_classes=4)), (8, 8))
+  with pytest.raises(ValueError, match='unconditional'):
+    _shapes(UNet(**TINY), (8, 8), y=True)
+  with pytest.raises(ValueError, match='num_head_channels=24 does not divide'):
+    _shapes(UNet(**dict(TINY, num_head_channels=24)), (8, 8))
+  with pytest.raises(ValueError, match='param_dtype'):
+    UNet(**TINY, param_dtype=jnp.bfloat16)
+
+
+def _apply_layer(layer, params, x):
+  return np.asarray(layer.apply({'params': params}, jnp.asarray(x, jnp.float32)))
+
+
+def test_tf_same_padding_is_zero_before_one_after_for_stride_2():
+  assert layers.tf_same_padding(8, kernel_size=3, stride=2) == (0, 1)
+  assert layers.tf_same_padding(7, kernel_size=3, stride=2) == (1, 1)
+  assert layers.tf_same_padding(8, kernel_size=3, stride=1) == (1, 1)
+
+
+def test_downsample_conv_uses_tf_same_padding():
+  x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+  ones = {'conv': {'kernel': np.ones((3, 3, 1, 1), np.float32), 'bias': np.zeros(1, np.float32)}}
+  # Windows start at rows/cols 0 and 2; the second runs into one row/column of zero padding:
+  # 45 = sum x[0:3, 0:3], 39 = sum x[0:3, 2:4], 66 = sum x[2:4, 0:3], 50 = sum x[2:4, 2:4].
+  # (Symmetric padding would give 10 = sum x[0:2, 0:2] at the top-left.)
+  got = _apply_layer(layers.Downsample(with_conv=True), ones, x)
+  np.testing.assert_array_equal(got[0, :, :, 0], [[45, 39], [66, 50]])
+  # A kernel that picks its top-left tap samples x[2i, 2j] exactly: no padding before.
+  corner = np.zeros((3, 3, 1, 1), np.float32)
+  corner[0, 0] = 1
+  got = _apply_layer(layers.Downsample(with_conv=True),
+                     {'conv': {'kernel': corner, 'bias': np.full(1, 0.5, np.float32)}}, x)
+  np.testing.assert_array_equal(got[0, :, :, 0], x[0, ::2, ::2, 0] + 0.5)
+  # Without a conv: 2x2 average pooling.
+  got = _apply_layer(layers.Downsample(with_conv=False), {}, x)
+  np.testing.assert_array_equal(got[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_upsample_is_nearest_neighbour_times_two():
+  x = np.array([1., 2., 3., 4., 5., 6.], np.float32).reshape(1, 2, 3, 1)
+  got = _apply_layer(layers.Upsample(with_conv=False), {}, x)[0, :, :, 0]
+  np.testing.assert_array_equal(got, [[1, 1, 2, 2, 3, 3], [1, 1, 2, 2, 3, 3],
+                                      [4, 4, 5, 5, 6, 6], [4, 4, 5, 5, 6, 6]])
+  # The original's resize(align_corners=True, NEAREST) index rule: round(j·(n-1)/(2n-1)).
+  for n in (2, 3, 4, 16):
+    src = np.array([int(np.floor(j * (n - 1) / (2 * n - 1) + 0.5)) for j in range(2 * n)])
+    np.testing.assert_array_equal(src, np.arange(2 * n) // 2)
+
+
+@pytest.mark.parametrize('dim', [32, 7])
+def test_timestep_embedding_matches_formula(dim):
+  t = np.array([0, 1, 17, 999])
+  half = dim // 2
+  freqs = np.exp(-np.log(10000.0) * np.arange(half) / (half - 1))
+  want = np.concatenate([np.sin(t[:, None] * freqs), np.cos(t[:, None] * freqs)], axis=1)
+  if dim % 2:
+    want = np.pad(want, [(0, 0), (0, 1)])
+  got = np.asarray(layers.get_timestep_embedding(jnp.asarray(t), dim))
+  assert got.shape == (4, dim)
+  np.testing.assert_allclose(got, want, atol=2e-4)  # float32 sin/cos of arguments up to 999
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """The tiny model, real init, and a randomly perturbed copy (so no layer is ~zero)."""
+  model = UNet(**TINY)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.array([3, 700], jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), x, t)['params']
+
+  def perturb(p):  # kernels ~ N(0, 1/fan_in), vectors ± 0.2
+    fan_in = math.prod(p.shape[:-1]) if p.ndim > 1 else 25.0
+    return p + (rng.normal(size=p.shape) / math.sqrt(fan_in)).astype(np.float32)
+
+  perturbed = jax.tree.map(perturb, params)
+  return model, params, perturbed, x, t
+
+
+def test_init_follows_the_original(tiny):
+  model, params, _, x, t = tiny
+  # variance_scaling(scale, fan_avg, uniform) has std sqrt(scale / fan_avg); scale 1e-10 on the layers
+  # the original initialises with init_scale=0.
+  def std_ratio(kernel, scale):
+    fan_in, fan_out = math.prod(kernel.shape[:-1]), math.prod(kernel.shape[:-2]) * kernel.shape[-1]
+    return float(np.std(kernel)) / math.sqrt(scale / ((fan_in + fan_out) / 2))
+  assert abs(std_ratio(params['down_0']['block_0']['conv1']['kernel'], 1.0) - 1) < 0.1
+  assert abs(std_ratio(params['temb']['dense0']['kernel'], 1.0) - 1) < 0.1
+  for kernel in (params['down_0']['block_0']['conv2']['kernel'], params['mid']['attn_1']['proj_out']
+                 ['kernel'], params['up_1']['block_1']['conv2']['kernel'], params['conv_out']['kernel']):
+    assert abs(std_ratio(kernel, 1e-10) - 1) < 0.2
+  assert not np.any(np.asarray(params['conv_out']['bias']))
+  np.testing.assert_array_equal(params['norm_out']['scale'], 1.0)
+  # The output conv's weights are ~1e-6, so the output is ~1e-5 (O(1) with scale-1 init).
+  out = np.asarray(jax.jit(model.apply)({'params': params}, x, t))
+  assert out.shape == (2, 8, 8, 3) and np.abs(out).max() < 1e-3
+
+
+def test_dropout_only_in_training(tiny):
+  model, _, params, x, t = tiny
+  apply = jax.jit(model.apply, static_argnames='train')
+  eval_a = apply({'params': params}, x, t, train=False, rngs={'dropout': jax.random.key(1)})
+  eval_b = apply({'params': params}, x, t, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = apply({'params': params}, x, t, train=True, rngs={'dropout': jax.random.key(1)})
+  train_b = apply({'params': params}, x, t, train=True, rngs={'dropout': jax.random.key(2)})
+  scale = float(jnp.abs(eval_a).max())
+  assert scale > 0.1
+  assert float(jnp.abs(train_a - eval_a).max()) > 1e-2 * scale
+  assert float(jnp.abs(train_a - train_b).max()) > 1e-2 * scale
+  no_dropout = UNet(**dict(TINY, dropout=0.0))
+  np.testing.assert_allclose(
+      no_dropout.apply({'params': params}, x, t, train=True, rngs={'dropout': jax.random.key(1)}),
+      eval_a, atol=1e-5 * scale)
+
+
+def test_bfloat16_compute_close_to_float32(tiny):
+  _, _, params, x, t = tiny
+  model16 = UNet(**TINY, dtype=jnp.bfloat16)
+  init16 = jax.eval_shape(model16.init, jax.random.key(0), x, t)['params']
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(init16))
+  out32 = np.asarray(jax.jit(UNet(**TINY).apply)({'params': params}, x, t))
+  out16 = jax.jit(model16.apply)({'params': params}, x, t)
+  assert out16.dtype == jnp.float32
+  err = np.abs(np.asarray(out16) - out32).max() / np.abs(out32).max()
+  assert 0 < err < 5e-2, err  # bf16 has an 8-bit mantissa: ~1% error, not zero (it really ran)
+
+
+def test_class_conditioning_changes_output_only_for_different_labels(tiny):
+  _, _, params, x, t = tiny
+  model = UNet(**TINY, num_classes=4)
+  key = jax.random.key(3)
+  params = dict(params, label_emb={'embedding': jax.random.normal(key, (4, 4 * TINY['ch']))})
+  apply = jax.jit(model.apply)
+  x = jnp.concatenate([x[:1], x[:1]])
+  t = jnp.array([100, 100], jnp.int32)
+  out = np.asarray(apply({'params': params}, x, t, jnp.array([1, 2])))
+  same = np.asarray(apply({'params': params}, x, t, jnp.array([1, 1])))
+  np.testing.assert_array_equal(same[0], same[1])
+  np.testing.assert_array_equal(out[0], same[0])
+  assert np.abs(out[1] - out[0]).max() > 1e-2 * np.abs(out[0]).max()
+
+
+def test_remat_gives_same_values_and_gradients(tiny):
+  _, _, params, x, t = tiny
+
+  def loss(model, p):
+    return jnp.mean(model.apply({'params': p}, x, t) ** 2)
+
+  plain = jax.jit(jax.value_and_grad(lambda p: loss(UNet(**TINY), p)))(params)
+  rematted_fn = jax.value_and_grad(lambda p: loss(UNet(**TINY, remat=True), p))
+  jaxpr = str(jax.make_jaxpr(rematted_fn)(params))
+  assert 'remat' in jaxpr or 'checkpoint' in jaxpr
+  rematted = jax.jit(rematted_fn)(params)
+  np.testing.assert_allclose(rematted[0], plain[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(rematted[1]), jax.tree.leaves(plain[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_unet_from_config():
+  cfg = ml_collections.ConfigDict(dict(
+      ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+      resamp_with_conv=True, out_ch=6, name='unet', dtype='bfloat16'))
+  model = unet_from_config(cfg)
+  assert (model.ch, model.ch_mult, model.attn_resolutions, model.out_ch) == (
+      128, (1, 2, 2, 2), (16,), 6)
+  assert model.dtype == jnp.bfloat16 and model.num_classes is None and model.num_heads == 1
+  with pytest.raises(ValueError, match=r"missing required field\(s\) \['out_ch'\]"):
+    unet_from_config(ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != 'out_ch'}))
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['channels'\]"):
+    unet_from_config(ml_collections.ConfigDict(dict(cfg.items(), channels=3)))
+  with pytest.raises(ValueError, match="dtype='fp8'"):
+    unet_from_config(ml_collections.ConfigDict(dict(cfg.items(), dtype='fp8')))
+  with pytest.raises(ValueError, match='UNet.dropout=1.5'):
+    unet_from_config(ml_collections.ConfigDict(dict(cfg.items(), dropout=1.5)))
