@@ -21,6 +21,8 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
     "tpu": ["jax[tpu]>=0.10,<0.11"],
     "cuda": ["jax[cuda12]>=0.10,<0.11"],
+    # Only for importing the original TF checkpoints (ddpm_jax.models.convert); never needed at run time.
+    "convert": ["tensorflow-cpu>=2.16"],
 }
 
 setup(
