@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "importlib_resources",
     "tqdm",
     "pillow",
+    "tensorboardX>=2.6",
 ]
 
 EXTRAS = {
@@ -37,5 +38,6 @@ setup(
     package_data={"ddpm_jax": ["data/assets/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["ddpm-jax=ddpm_jax.main:run"]},
     license="Apache-2.0",
 )

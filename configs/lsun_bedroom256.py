@@ -1,0 +1,31 @@
+"""LSUN Bedroom 256², the original DDPM recipe for 256² images (Ho et al. 2020, App. B), ε-prediction + L_simple.
+
+U-Net ch 128, mult (1,1,2,2,4,4), 2 res blocks, attention at 16² (113,673,219 parameters), dropout 0,
+T = 1000 linear β, Adam 2e-5, batch 64, EMA 0.9999, random flips off (as the paper, for bedrooms), 2.4M steps
+(the original trained these on TPU v3 pods; expect days on one accelerator). The model is big: use bf16
+compute (--config.model.dtype=bfloat16) and remat on memory-limited devices.
+
+Run (after `tfds build lsun/bedroom --file_format=array_record` once, see the README):
+  python -m ddpm_jax.main --config configs/lsun_bedroom256.py --workdir runs/lsun_bedroom256
+Laptop check:
+  python -m ddpm_jax.main --config configs/lsun_bedroom256.py:runlocal --workdir /tmp/lsun_bedroom256
+"""
+
+from ddpm_jax import config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.default_config()
+  config.data.name = "lsun/bedroom"
+  config.data.image_size = 256
+  config.data.random_flip = False
+  config.model.ch_mult = (1, 1, 2, 2, 4, 4)
+  config.model.dropout = 0.0
+  config.diffusion.mean_type = "eps"
+  config.diffusion.loss_type = "mse"
+  config.optim.learning_rate = 2e-5
+  config.train.batch_size = 64
+  config.train.num_steps = 2_400_000
+  config.sample.batch_size = 16
+  config.eval.batch_size = 16
+  return config_lib.apply_variants(config, arg)

@@ -1,0 +1,14 @@
+"""ε-prediction with L_simple (DDPM's best CIFAR-10 row) on the bundled digits, same budget as mnist_mu.py.
+
+  python -m ddpm_jax.main --config configs/mnist_eps.py --workdir runs/mnist_eps
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  return mnist_common.mnist_config("eps", "fixedlarge", "mse", arg)

@@ -1,0 +1,207 @@
+"""The experiment configuration: defaults (the original DDPM recipe), the laptop shrink, and validation.
+
+Experiment files in `configs/` start from `default_config()` and override what differs; `main.py` loads one
+with ml_collections' `config_flags`, so any field can be overridden on the command line
+(`--config.train.num_steps=1000`). A config-file argument after a colon selects variants, e.g.
+`--config configs/cifar10_mu_vlb_fixed.py:runlocal` shrinks the run for a laptop.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import ml_collections
+
+from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import resample
+from ddpm_jax.data import pipeline as data_pipeline
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The original DDPM CIFAR-10 recipe (Ho et al. 2020, App. B), μ-parameterized and trained on the bound."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: a tfds name. 'mnist5k' is bundled and prepared on first use; others need a one-time
+  # `tfds build NAME --file_format=array_record` (README, "Datasets").
+  config.data = data_pipeline.get_default_data_config()
+  config.data.name = "cifar10"
+  config.data.random_flip = True
+
+  # The network (ddpm_jax.models.unet.UNet). out_ch=None means C, or 2C for a learned variance.
+  config.model = ml_collections.ConfigDict(dict(
+      name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+      resamp_with_conv=True, out_ch=ml_collections.FieldReference(None, field_type=int), num_classes=None,
+      num_heads=1, num_head_channels=ml_collections.FieldReference(None, field_type=int),
+      use_scale_shift_norm=False, dtype="float32", remat=False))
+
+  # The diffusion (ddpm_jax.diffusion): T = 1000, linear β 1e-4 → 0.02, μ (xprev) + the true bound.
+  config.diffusion = ml_collections.ConfigDict(dict(
+      beta_schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+      mean_type="xprev", var_type="fixedlarge", loss_type="kl", timestep_sampler="uniform"))
+
+  # Adam 2e-4 (eps 1e-8), linear warm-up over 5000 steps, global-norm clip 1.0, EMA 0.9999.
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup_steps=5000, grad_clip=1.0,
+      ema_decay=0.9999))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=128,          # global batch, split over every device of every host
+      num_steps=800_000,
+      steps_per_call=1,        # k train steps per compiled call (lax.scan) to amortise dispatch
+      log_every=100,
+      checkpoint_every=5000,
+      keep_checkpoints=3,      # the last K checkpoints ...
+      archive_every=100_000,   # ... plus every multiple of M, kept forever (0: none)
+      sample_every=20_000,     # an EMA sample grid PNG in the workdir (0: only at the end)
+      num_grid_samples=64,
+      eval_every=0,            # a test bits/dim estimate while training (0: only at the end)
+  ))
+
+  # Sampling: the grids written while training and --mode sample.
+  config.sample = ml_collections.ConfigDict(dict(
+      sampler="ancestral",     # 'ancestral' or 'ddim'
+      steps=0,                 # 0: all T steps; N < T: a respaced chain of N steps
+      eta=0.0,                 # DDIM only
+      clip_denoised=True, use_ema=True, num_samples=64, batch_size=64))
+
+  # Evaluation: bits/dim on the eval split (--mode eval, and the end of training).
+  config.eval = ml_collections.ConfigDict(dict(
+      use_ema=True, batch_size=128,
+      num_examples=0,          # 0: the whole split
+      full_bound=True,         # all T terms (calc_bpd_loop); False: unbiased estimate from sampled t
+      timesteps_per_example=8,  # with full_bound=False
+  ))
+  return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants given after the config file's colon (only `runlocal` now)."""
+  for variant in filter(None, (arg or "").split(",")):
+    if variant == "runlocal":
+      apply_runlocal(config)
+    else:
+      raise ValueError(f"config variant {variant!r} is not known; accepted: runlocal.")
+  return config
+
+
+def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config so that it runs in about a minute on a laptop CPU: same code paths, tiny shapes."""
+  config.model.ch = 32
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.num_heads = 1
+  config.model.num_head_channels = None
+  config.train.batch_size = 8
+  config.train.num_steps = 20
+  config.train.log_every = 5
+  config.train.checkpoint_every = 10
+  config.train.archive_every = 0
+  config.train.sample_every = 0
+  config.train.num_grid_samples = 16
+  config.optim.warmup_steps = 5
+  config.sample.steps = 10
+  config.sample.num_samples = 16
+  config.sample.batch_size = 16
+  config.eval.num_examples = 16
+  config.eval.batch_size = 16
+  config.eval.full_bound = False
+  return config
+
+
+def _fail(field, value, accepted):
+  raise ValueError(f"config.{field}={value!r} is invalid: expected {accepted}.")
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_choice(config, field, choices):
+  section, name = field.split(".")
+  value = config[section][name]
+  if value not in choices:
+    _fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_int(config, field, minimum):
+  section, name = field.split(".")
+  value = config[section][name]
+  if not _is_int(value) or value < minimum:
+    _fail(field, value, f"an integer >= {minimum}")
+
+
+def _check_float(config, field, low, high, *, low_open=False, high_open=False):
+  section, name = field.split(".")
+  value = config[section][name]
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+  if not ok:
+    _fail(field, value, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field, its value and what would be accepted."""
+  for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval"):
+    if section not in config:
+      raise ValueError(f"config.{section} is missing; start from ddpm_jax.config_lib.default_config().")
+  if not _is_int(config.seed):
+    _fail("seed", config.seed, "an integer")
+  data_pipeline.validate_data_config(config.data)
+
+  _check_choice(config, "diffusion.beta_schedule", diffusion_lib.BETA_SCHEDULES)
+  _check_int(config, "diffusion.num_timesteps", 1)
+  _check_float(config, "diffusion.beta_start", 0.0, 1.0, low_open=True)
+  _check_float(config, "diffusion.beta_end", 0.0, 1.0, low_open=True)
+  _check_choice(config, "diffusion.mean_type", tuple(diffusion_lib.MEAN_TYPES))
+  _check_choice(config, "diffusion.var_type", diffusion_lib.VAR_TYPES)
+  _check_choice(config, "diffusion.loss_type", diffusion_lib.LOSS_TYPES)
+  _check_choice(config, "diffusion.timestep_sampler", resample.SAMPLERS)
+  if config.diffusion.loss_type in ("mse", "rescaled_mse") and config.diffusion.mean_type in ("xprev", "mu"):
+    pass  # allowed (DDPM Table 2 row "μ̃ + unweighted MSE"), though the paper found it unstable.
+
+  _check_float(config, "optim.learning_rate", 0.0, 1.0, low_open=True)
+  _check_float(config, "optim.beta1", 0.0, 1.0, high_open=True)
+  _check_float(config, "optim.beta2", 0.0, 1.0, high_open=True)
+  _check_float(config, "optim.eps", 0.0, 1.0, low_open=True)
+  _check_int(config, "optim.warmup_steps", 0)
+  _check_float(config, "optim.grad_clip", 0.0, float("inf"), high_open=True)
+  _check_float(config, "optim.ema_decay", 0.0, 1.0)
+
+  for field, minimum in (("batch_size", 1), ("num_steps", 0), ("steps_per_call", 1), ("log_every", 1),
+                         ("checkpoint_every", 1), ("keep_checkpoints", 1), ("archive_every", 0),
+                         ("sample_every", 0), ("num_grid_samples", 1), ("eval_every", 0)):
+    _check_int(config, f"train.{field}", minimum)
+  for field in ("log_every", "checkpoint_every", "sample_every", "eval_every"):
+    every = config.train[field]
+    if every and every % config.train.steps_per_call:
+      _fail(f"train.{field}", every, f"a multiple of train.steps_per_call={config.train.steps_per_call}")
+
+  _check_choice(config, "sample.sampler", ("ancestral", "ddim"))
+  _check_int(config, "sample.steps", 0)
+  if config.sample.steps > config.diffusion.num_timesteps:
+    _fail("sample.steps", config.sample.steps,
+          f"0 (all steps) or at most diffusion.num_timesteps={config.diffusion.num_timesteps}")
+  _check_float(config, "sample.eta", 0.0, float("inf"), high_open=True)
+  _check_int(config, "sample.num_samples", 1)
+  _check_int(config, "sample.batch_size", 1)
+  _check_int(config, "eval.batch_size", 1)
+  _check_int(config, "eval.num_examples", 0)
+  _check_int(config, "eval.timesteps_per_example", 1)
+
+  # The network: unet_from_config checks its own fields; out_ch must agree with the variance type.
+  out_ch = config.model.get("out_ch")
+  if out_ch is not None and not _is_int(out_ch):
+    _fail("model.out_ch", out_ch, "None (derived from the data) or an integer")
+  _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
+
+
+def model_out_channels(config: ml_collections.ConfigDict, image_channels: int) -> int:
+  """C for fixed variances, 2C ([mean | variance]) for learned ones; checks an explicit model.out_ch."""
+  learned = config.diffusion.var_type in ("learned", "learned_range")
+  expected = image_channels * (2 if learned else 1)
+  if config.model.out_ch is not None and config.model.out_ch != expected:
+    _fail("model.out_ch", config.model.out_ch,
+          f"{expected} for {image_channels}-channel images with diffusion.var_type="
+          f"{config.diffusion.var_type!r} (or None to derive it)")
+  return expected

@@ -1,0 +1,510 @@
+"""Training: the train state, the jitted and sharded step, and `train_and_evaluate(config, workdir)`.
+
+This is the room above the network (models/), the math (diffusion.py), the data (data/) and the plumbing
+(sharding.py, checkpointing.py): it joins them and nothing below it knows about the others.
+
+One train step (DDPM Algorithm 1, with the original recipe's optimizer):
+  t ~ sampler, ε ~ N(0, I), loss = mean_b w_b · L(θ; x_0, t, ε)   (w = importance weights, 1 if uniform)
+  θ ← Adam(clip_by_global_norm(∇θ loss, c), lr · min(step / warmup, 1))
+  θ_ema ← decay · θ_ema + (1 - decay) · θ
+Randomness: the step's key is fold_in(run key, step), split into timestep, noise and dropout keys, so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from ddpm_jax import checkpointing
+from ddpm_jax import config_lib
+from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import resample
+from ddpm_jax import sharding
+from ddpm_jax import visualize
+from ddpm_jax.data import pipeline as data_pipeline
+from ddpm_jax.models import unet as unet_lib
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The loss or gradient norm became non-finite; the state after that step is not saved."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 [2]: the run's raw PRNG key (raw, so it checkpoints as a plain array)
+  sampler_state: Any  # the timestep sampler's state (empty for uniform)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Builders.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def create_model(config: ml_collections.ConfigDict, image_shape) -> unet_lib.UNet:
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  model_config.out_ch = config_lib.model_out_channels(config, image_shape[-1])
+  if model_config.get("num_classes") is not None and config.data.name == "mnist5k" and model_config.num_classes != 10:
+    raise ValueError(f"config.model.num_classes={model_config.num_classes!r} is invalid for mnist5k: "
+                     "expected None or 10.")
+  return unet_lib.unet_from_config(model_config)
+
+
+def create_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.GaussianDiffusion:
+  d = config.diffusion
+  return diffusion_lib.create_diffusion(
+      beta_schedule=d.beta_schedule, num_timesteps=d.num_timesteps, beta_start=d.beta_start,
+      beta_end=d.beta_end, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type)
+
+
+def create_sampling_diffusion(config, diffusion: diffusion_lib.GaussianDiffusion):
+  """The chain samples are drawn on: all T steps, or a respaced chain of `sample.steps` steps."""
+  steps = config.sample.steps
+  if steps and steps != diffusion.num_timesteps:
+    return diffusion.respace(diffusion_lib.space_timesteps(diffusion.num_timesteps, [steps]))
+  return diffusion
+
+
+def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
+  """lr · min(step / warmup, 1), the original's linear warm-up (constant afterwards)."""
+  lr, warmup = config.optim.learning_rate, config.optim.warmup_steps
+  if warmup == 0:
+    return optax.constant_schedule(lr)
+  return lambda step: lr * jnp.minimum(step / warmup, 1.0)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip),
+      optax.adam(learning_rate_schedule(config), b1=o.beta1, b2=o.beta2, eps=o.eps))
+
+
+def _dummy_inputs(model, image_shape, batch=1):
+  x = jnp.zeros((batch,) + tuple(image_shape), jnp.float32)
+  t = jnp.zeros((batch,), jnp.int32)
+  y = None if model.num_classes is None else jnp.zeros((batch,), jnp.int32)
+  return x, t, y
+
+
+def create_train_state(config, model, tx, sampler, image_shape, mesh) -> TrainState:
+  """Initialises parameters (replicated over the mesh) from `config.seed`."""
+  def init():
+    key = jax.random.PRNGKey(config.seed)
+    init_key, run_key = jax.random.split(key)
+    x, t, y = _dummy_inputs(model, image_shape)
+    params = model.init({"params": init_key}, x, t, y, train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=tx.init(params), rng=run_key, sampler_state=sampler.init())
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The step.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def make_train_step(config, model, diffusion, tx, sampler):
+  """→ train_step(state, batch) -> (state, metrics) for one global batch {'image', 'label'}."""
+  decay = config.optim.ema_decay
+  lr_fn = learning_rate_schedule(config)
+
+  def train_step(state: TrainState, batch):
+    x_start = batch["image"]
+    y = batch["label"] if model.num_classes is not None else None
+    key = jax.random.fold_in(state.rng, state.step)
+    t_key, noise_key, dropout_key = jax.random.split(key, 3)
+    t, weights = sampler.sample(state.sampler_state, t_key, x_start.shape[0])
+    noise = jax.random.normal(noise_key, x_start.shape, x_start.dtype)
+
+    def loss_fn(params):
+      def model_fn(x, timesteps):
+        return model.apply({"params": params}, x, timesteps, y, train=True, rngs={"dropout": dropout_key})
+      terms = diffusion.training_losses(model_fn, x_start, t, noise)
+      return jnp.mean(terms["loss"] * weights), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    sampler_state = sampler.update(state.sampler_state, t, jax.lax.stop_gradient(terms["loss"]))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr_fn(state.step)}
+    for name in ("mse", "vb"):
+      if name in terms:
+        metrics[name] = jnp.mean(terms[name])
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+                              sampler_state=sampler_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_multi_step(train_step):
+  """k steps in one compiled call: a lax.scan over batches stacked on a leading axis [k, B, ...].
+
+  Returns per-step metrics stacked [k] plus `finite`, whether every step's loss and gradient were finite.
+  """
+  def multi_step(state, batches):
+    state, metrics = jax.lax.scan(train_step, state, batches)
+    metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    return state, metrics
+  return multi_step
+
+
+def compile_train_step(config, model, diffusion, tx, sampler, mesh, state):
+  """jit over the mesh: state replicated and donated, batches [k, B, ...] sharded on B."""
+  multi = make_multi_step(make_train_step(config, model, diffusion, tx, sampler))
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+  return jax.jit(multi, in_shardings=(state_sharding, sharding.batch_sharding(mesh, leading_axes=1)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampling and bits/dim.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def make_sample_fn(config, model, diffusion, mesh, image_shape):
+  """→ sample(params, key, batch) -> images in [-1, 1] [batch, H, W, C], sharded over the mesh."""
+  chain = create_sampling_diffusion(config, diffusion)
+  s = config.sample
+
+  def sample(params, key, batch):
+    labels = None
+    if model.num_classes is not None:
+      labels = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
+
+    def model_fn(x, timesteps):
+      return model.apply({"params": params}, x, timesteps, labels, train=False)
+    shape = (batch,) + tuple(image_shape)
+    if s.sampler == "ddim":
+      return chain.ddim_sample_loop(model_fn, shape, key=key, eta=s.eta, clip_denoised=s.clip_denoised)
+    return chain.p_sample_loop(model_fn, shape, key=key, clip_denoised=s.clip_denoised)
+
+  return jax.jit(sample, static_argnums=2, out_shardings=sharding.batch_sharding(mesh))
+
+
+def generate_samples(sample_fn, params, *, key, num_samples: int, batch_size: int, mesh,
+                     desc: str | None = None) -> np.ndarray:
+  """Exactly `num_samples` images in [-1, 1] as a host array: full batches, the last one trimmed.
+
+  Batch i uses fold_in(key, i), so the samples do not depend on how many are drawn after them.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  out = []
+  num_batches = math.ceil(num_samples / batch_size)
+  for i in tqdm.trange(num_batches, desc=desc, disable=desc is None or jax.process_index() != 0, leave=False):
+    x = sample_fn(params, jax.random.fold_in(key, i), batch_size)
+    out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True)))
+  return np.concatenate(out)[:num_samples]
+
+
+def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
+  """→ bpd(params, batch, key) -> per-example bits/dim [B].
+
+  full_bound: the whole variational bound, L_T + Σ_t L_t over all T terms (`calc_bpd_loop`).
+  Otherwise an unbiased estimate of the same quantity from K timesteps per example drawn uniformly:
+  L_T + T · mean_k L_{t_k} (K = eval.timesteps_per_example), much cheaper and used while training.
+  """
+  k = config.eval.timesteps_per_example
+
+  def bpd(params, batch, key):
+    x = batch["image"]
+    y = batch["label"] if model.num_classes is not None else None
+
+    def model_fn(xt, timesteps):
+      return model.apply({"params": params}, xt, timesteps, y, train=False)
+    if full_bound:
+      return diffusion.calc_bpd_loop(model_fn, x, key=key, clip_denoised=True)["total_bpd"]
+
+    def term(_, key_i):
+      t_key, n_key = jax.random.split(key_i)
+      t = jax.random.randint(t_key, x.shape[:1], 0, diffusion.num_timesteps)
+      noise = jax.random.normal(n_key, x.shape)
+      x_t = diffusion.q_sample(x, t, noise)
+      out = model_fn(x_t, diffusion.model_timesteps(t))
+      return None, diffusion.vb_terms_bpd(out, x, x_t, t, clip_denoised=True)
+    _, terms = jax.lax.scan(term, None, jax.random.split(key, k))
+    return diffusion.prior_bpd(x) + diffusion.num_timesteps * jnp.mean(terms, axis=0)
+
+  return jax.jit(bpd)
+
+
+def evaluate_bpd(config, bpd_fn, params, mesh, *, key, num_examples: int = 0, desc: str | None = None):
+  """Bits/dim over the eval split: mean and standard error over examples, and how many were used."""
+  batch_size = config.eval.batch_size
+  sharding.check_batch_size(batch_size, mesh, field="eval.batch_size")
+  it = data_pipeline.create_eval_iterator(config.data, split=config.data.eval_split, batch_size=batch_size)
+  values = []
+  seen = 0
+  with tqdm.tqdm(desc=desc, disable=desc is None or jax.process_index() != 0, leave=False) as bar:
+    for i, batch in enumerate(it):
+      mask = np.asarray(batch.pop("mask"))
+      arrays = sharding.global_batch(batch, mesh)
+      per_example = bpd_fn(params, arrays, jax.random.fold_in(key, i))
+      per_example = np.asarray(multihost_utils.process_allgather(per_example, tiled=True))
+      full_mask = np.asarray(multihost_utils.process_allgather(mask, tiled=True))
+      values.append(per_example[full_mask.astype(bool)])
+      seen += int(full_mask.sum())
+      bar.update(1)
+      if num_examples and seen >= num_examples:
+        break
+  values = np.concatenate(values)
+  if num_examples:
+    values = values[:num_examples]
+  return {"bpd": float(values.mean()), "bpd_stderr": float(values.std(ddof=1) / math.sqrt(len(values)))
+          if len(values) > 1 else float("nan"), "num_examples": int(len(values))}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Logging.
+# ------------------------------------------------------------------------------------------------------------
+
+
+class MetricWriter:
+  """Scalars to `metrics.jsonl` and TensorBoard event files (tensorboardX; no TensorFlow), images to TB."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def scalars(self, step: int, values: dict[str, float]):
+    if not self.enabled:
+      return
+    record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in values.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(k, float(v), int(step))
+
+  def image(self, step: int, tag: str, image_uint8: np.ndarray):
+    if self.enabled:
+      self._tb.add_image(tag, image_uint8, int(step), dataformats="HWC")
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _is_main_process():
+  return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+  """One line for people (process 0 only), above any progress bar; absl logging keeps the details."""
+  logging.info(message)
+  if _is_main_process():
+    tqdm.tqdm.write(message)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The entry point.
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Experiment:
+  """Everything built from a config: model, diffusion, optimizer, sampler, mesh, state template."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    config_lib.validate_config(config)
+    self.config = config
+    self.mesh = sharding.create_mesh()
+    sharding.check_batch_size(config.train.batch_size, self.mesh)
+    self.image_shape = data_pipeline.get_image_shape(config.data)
+    self.model = create_model(config, self.image_shape)
+    self.diffusion = create_diffusion(config)
+    self.tx = create_optimizer(config)
+    self.sampler = resample.create_named_schedule_sampler(config.diffusion.timestep_sampler,
+                                                          config.diffusion.num_timesteps)
+
+  def init_state(self) -> TrainState:
+    return create_train_state(self.config, self.model, self.tx, self.sampler, self.image_shape, self.mesh)
+
+  def sample_fn(self):
+    return make_sample_fn(self.config, self.model, self.diffusion, self.mesh, self.image_shape)
+
+  def bpd_fn(self, *, full_bound: bool):
+    return make_bpd_fn(self.config, self.model, self.diffusion, full_bound=full_bound)
+
+
+def _checkpoint_manager(config, workdir):
+  return checkpointing.CheckpointManager(
+      os.path.join(workdir, "checkpoints"), save_interval_steps=config.train.checkpoint_every,
+      max_to_keep=config.train.keep_checkpoints, keep_every_n_steps=config.train.archive_every or None)
+
+
+def restore_for_inference(config, workdir, *, step: int | None = None):
+  """→ (experiment, state) from the latest (or given) checkpoint in `workdir`; errors if there is none."""
+  exp = Experiment(config)
+  template = exp.init_state()
+  manager = _checkpoint_manager(config, os.path.abspath(workdir))
+  try:
+    if not manager.has_checkpoint():
+      raise FileNotFoundError(f"No checkpoint in {manager.directory}: train first with --mode train "
+                              f"--workdir {workdir}.")
+    state = manager.restore(template, step=step)
+  finally:
+    manager.close()
+  return exp, state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the workdir's latest checkpoint if there is one), then samples and evaluates.
+
+  Writes into `workdir`: checkpoints/, metrics.jsonl, tensorboard/, samples/step_N.png (EMA grids),
+  config.json and summary.json. Returns the summary dict.
+  """
+  workdir = os.path.abspath(workdir)
+  exp = Experiment(config)
+  main = _is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  if main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  state = exp.init_state()
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  train_iter = data_pipeline.create_train_iterator(config.data, batch_size=config.train.batch_size,
+                                                   seed=config.seed)
+  manager = _checkpoint_manager(config, workdir)
+  writer = MetricWriter(workdir, enabled=main)
+  start_step = 0
+  if manager.has_checkpoint():
+    state = manager.restore(state, data_iterator=train_iter)
+    start_step = int(state.step)
+    log(f"Resumed from {manager.directory} at step {start_step}.")
+  last_good = start_step if start_step else None
+
+  k = config.train.steps_per_call
+  num_steps = config.train.num_steps
+  if (num_steps - start_step) % k:
+    raise ValueError(f"config.train.num_steps={num_steps} is invalid: (num_steps - resumed step {start_step}) "
+                     f"must be a multiple of train.steps_per_call={k}.")
+  step_fn = compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+  sample_fn = exp.sample_fn()
+  sample_key = jax.random.PRNGKey(config.seed + 1)
+  pending = []  # device metrics since the last log, fetched only at log / checkpoint time
+
+  def flush(step):
+    """Fetches pending metrics, stops on a non-finite step, logs their mean."""
+    nonlocal pending
+    if not pending:
+      return {}
+    fetched = jax.device_get(pending)
+    pending = []
+    finite = np.concatenate([m["finite"] for m in fetched])
+    if not finite.all():
+      first_bad = step - len(finite) + int(np.argmin(finite)) + 1
+      bad = {k_: float(np.concatenate([m[k_] for m in fetched])[np.argmin(finite)]) for k_ in ("loss", "grad_norm")}
+      hint = (f"the last good checkpoint is step {last_good} in {manager.directory}; resume from it (it is "
+              "restored automatically) with a lower learning rate or a tighter clip" if last_good is not None
+              else "no checkpoint was written before it")
+      raise TrainingDivergedError(
+          f"Non-finite training step {first_bad}: loss={bad['loss']}, grad_norm={bad['grad_norm']}. Stopped "
+          f"without saving the diverged state; {hint}.")
+    means = {k_: float(np.mean(np.concatenate([np.atleast_1d(m[k_]) for m in fetched])))
+             for k_ in fetched[0] if k_ != "finite"}
+    writer.scalars(step, means)
+    return means
+
+  def write_grid(step, name):
+    images = generate_samples(sample_fn, state.ema_params if config.sample.use_ema else state.params,
+                              key=sample_key, num_samples=config.train.num_grid_samples,
+                              batch_size=config.sample.batch_size, mesh=exp.mesh, desc="sampling")
+    if main:
+      path = visualize.save_grid(os.path.join(workdir, "samples", name), images)
+      writer.image(step, "samples", visualize.make_grid(visualize.to_uint8(images)))
+      return path
+
+  manager.install_preemption_handler()
+  log(f"Training {num_params:,} parameters for {num_steps} steps: {config.diffusion.mean_type} / "
+      f"{config.diffusion.var_type} / {config.diffusion.loss_type}, batch {config.train.batch_size} on "
+      f"{exp.mesh.devices.size} {jax.devices()[0].platform} device(s). Workdir: {workdir}")
+  t_start = time.time()
+  step = start_step
+  images_per_call = k * config.train.batch_size
+  last_log_time, last_log_step, last_metrics = time.time(), step, {}
+  preempted = False
+  try:
+    with tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step", disable=not main,
+                   dynamic_ncols=True) as bar:
+      while step < num_steps:
+        local = [next(train_iter) for _ in range(k)]
+        batches = sharding.global_batch(jax.tree.map(lambda *xs: np.stack(xs), *local), exp.mesh, leading_axes=1)
+        state, metrics = step_fn(state, batches)
+        pending.append(metrics)
+        step += k
+        bar.update(k)
+        if step % config.train.log_every == 0 or step == num_steps:
+          last_metrics = flush(step)
+          now = time.time()
+          ips = (step - last_log_step) * config.train.batch_size / max(now - last_log_time, 1e-9)
+          last_log_time, last_log_step = now, step
+          writer.scalars(step, {"images_per_sec": ips})
+          bar.set_postfix(loss=f"{last_metrics['loss']:.4g}", img_s=f"{ips:.0f}")
+        preempted = manager.reached_preemption(step)
+        if step % config.train.checkpoint_every == 0 or preempted or step == num_steps:
+          flush(step)
+          manager.save(step, state, data_iterator=train_iter, force=True,
+                       metadata={"config": json.loads(config.to_json_best_effort())})
+          last_good = step
+        if preempted:
+          log(f"Preemption signal: saved step {step} to {manager.directory}; stopping. Run the same command "
+              "to resume.")
+          break
+        if config.train.sample_every and step % config.train.sample_every == 0 and step != num_steps:
+          write_grid(step, f"step_{step}.png")
+        if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
+          res = evaluate_bpd(config, exp.bpd_fn(full_bound=False), state.ema_params, exp.mesh,
+                             key=jax.random.PRNGKey(config.seed + 2), num_examples=config.eval.num_examples)
+          writer.scalars(step, {"eval_bpd": res["bpd"]})
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+  train_time = time.time() - t_start
+  summary = {"workdir": workdir, "step": step, "num_params": int(num_params), "train_seconds": train_time,
+             "preempted": preempted, "final_train_metrics": last_metrics}
+  if not preempted and step > start_step:
+    summary["samples_png"] = write_grid(step, f"step_{step}.png")
+    if main:  # the latest grid also under a fixed name, for people and the README
+      shutil.copyfile(summary["samples_png"], os.path.join(workdir, "samples.png"))
+    params = state.ema_params if config.eval.use_ema else state.params
+    res = evaluate_bpd(config, exp.bpd_fn(full_bound=config.eval.full_bound), params, exp.mesh,
+                       key=jax.random.PRNGKey(config.seed + 2), num_examples=config.eval.num_examples,
+                       desc="bits/dim")
+    summary.update({f"test_{k_}": v for k_, v in res.items()})
+    summary["test_bpd_method"] = ("full bound (all T terms)" if config.eval.full_bound else
+                                  f"unbiased estimate, {config.eval.timesteps_per_example} timesteps/example")
+    summary["test_bpd_params"] = "ema" if config.eval.use_ema else "raw"
+    writer.scalars(step, {"test_bpd": res["bpd"]})
+  writer.close()
+  if main:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+  return summary

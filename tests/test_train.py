@@ -1,0 +1,182 @@
+"""Training end to end on the bundled digits with tiny shapes: train → checkpoint → resume → sample,
+exact resume, overfitting a fixed batch, the sharded step against one device, divergence and config errors."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import config_lib
+from ddpm_jax import run_modes
+from ddpm_jax import sharding
+from ddpm_jax import train
+
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _tiny_config(tmp_path, **train_overrides):
+  """configs/mnist_mu.py shrunk by its runlocal variant, with the data prepared under tmp_path."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("mnist_mu", os.path.join(_CONFIGS, "mnist_mu.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("runlocal")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.model.attn_resolutions = (14,)
+  config.diffusion.num_timesteps = 50
+  config.train.batch_size = 8
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.num_grid_samples = 4
+  config.sample.steps = 5
+  config.sample.num_samples = 5
+  config.sample.batch_size = 8
+  config.eval.num_examples = 8
+  config.eval.batch_size = 8
+  config.eval.timesteps_per_example = 2
+  for k, v in train_overrides.items():
+    config.train[k] = v
+  return config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+def test_train_checkpoint_resume_sample_and_exact_resume(data_root, tmp_path):
+  # Uninterrupted: 6 steps.
+  straight = str(tmp_path / "straight")
+  config = _tiny_config(data_root, num_steps=6)
+  summary = train.train_and_evaluate(config, straight)
+  assert summary["step"] == 6 and os.path.exists(os.path.join(straight, "samples.png"))
+  assert np.isfinite(summary["test_bpd"]) and summary["test_num_examples"] == 8
+  assert summary["test_bpd_params"] == "ema"
+
+  # Interrupted: 4 steps, then the same command with num_steps=6 resumes from the step-4 checkpoint.
+  split = str(tmp_path / "split")
+  train.train_and_evaluate(_tiny_config(data_root, num_steps=4), split)
+  assert sorted(os.listdir(os.path.join(split, "checkpoints"))) >= ["2", "4"]
+  resumed = train.train_and_evaluate(_tiny_config(data_root, num_steps=6), split)
+  assert resumed["step"] == 6
+  a, b = _losses(straight), _losses(split)
+  assert set(a) == set(range(1, 7))
+  for step in (5, 6):  # the resumed run draws the same data, timesteps and noise: the same losses
+    np.testing.assert_allclose(b[step], a[step], rtol=1e-6)
+
+  # --mode sample: exactly N samples from the latest checkpoint, as uint8, plus a grid.
+  result = run_modes.sample(config, straight)
+  images = np.load(result["npz"])["images"]
+  assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
+  assert result["checkpoint_step"] == 6 and os.path.exists(result["grid"])
+
+
+def test_overfits_a_fixed_batch(data_root):
+  config = _tiny_config(data_root)
+  config.optim.learning_rate = 2e-3
+  config.optim.warmup_steps = 0
+  config.optim.ema_decay = 0.0
+  exp = train.Experiment(config)
+  state = exp.init_state()
+  step = jax.jit(train.make_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler))
+  digits = np.load(os.path.join(os.path.dirname(train.__file__), "data", "assets", "mnist_5k.npz"))["images"]
+  batch = {"image": jnp.asarray(digits[:8] / 127.5 - 1.0, jnp.float32), "label": jnp.zeros((8,), jnp.int32)}
+  # The loss of the fixed batch at fixed timesteps and noise, before and after training on it.
+  t = jnp.asarray([1, 5, 10, 20, 30, 40, 45, 49])
+  noise = jax.random.normal(jax.random.PRNGKey(3), batch["image"].shape)
+  fixed_loss = jax.jit(lambda p: jnp.mean(exp.diffusion.training_losses(
+      lambda x, tt: exp.model.apply({"params": p}, x, tt), batch["image"], t, noise)["loss"]))
+  before = float(fixed_loss(state.params))
+  for _ in range(80):
+    state, metrics = step(state, batch)
+  after = float(fixed_loss(state.params))
+  assert np.isfinite(after) and after < 0.05 * before, (before, after)
+
+
+def test_sharded_step_equals_single_device_step(data_root):
+  assert jax.device_count() == 8
+  config = _tiny_config(data_root)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    exp = train.Experiment(config)
+    exp.mesh = sharding.create_mesh(devices)
+    state = exp.init_state()
+    step_fn = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, size=(1, 8, 28, 28, 1)).astype(np.float32),
+             "label": np.zeros((1, 8), np.int32)}
+    state, metrics = step_fn(state, sharding.global_batch(batch, exp.mesh, leading_axes=1))
+    assert state.params["conv_in"]["kernel"].sharding.is_fully_replicated
+    results.append((jax.device_get(state.params), float(metrics["loss"][0])))
+  (p1, l1), (p8, l8) = results
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p8, p1)
+
+
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(data_root, tmp_path, monkeypatch):
+  config = _tiny_config(data_root, num_steps=6)
+  real = sharding.global_batch
+  calls = []
+
+  def poisoned(local, mesh, **kwargs):  # the third train step sees a NaN image
+    calls.append(1)
+    if len(calls) == 3:
+      local = dict(local, image=np.full_like(local["image"], np.nan))
+    return real(local, mesh, **kwargs)
+
+  monkeypatch.setattr(sharding, "global_batch", poisoned)
+  with pytest.raises(train.TrainingDivergedError, match=r"step 3: loss=nan.*last good checkpoint is step 2"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+  assert sorted(os.listdir(tmp_path / "nan" / "checkpoints")) == ["2"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("diffusion.mean_type", "mean", r"config.diffusion.mean_type='mean'.*'xprev', 'mu'"),
+    ("diffusion.loss_type", "l1", r"config.diffusion.loss_type='l1'.*'kl'"),
+    ("train.batch_size", 0, r"config.train.batch_size=0.*integer >= 1"),
+    ("optim.ema_decay", 1.5, r"config.optim.ema_decay=1.5.*\[0.0, 1.0\]"),
+    ("sample.steps", 5000, r"config.sample.steps=5000.*at most diffusion.num_timesteps=1000"),
+    ("diffusion.timestep_sampler", "importance", r"timestep_sampler=.importance.*loss-second-moment"),
+    ("model.dtype", "int8", r"config.model.dtype='int8'.*'bfloat16'"),
+])
+def test_config_validation_errors(field, value, message):
+  config = config_lib.default_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate_config(config)
+
+
+def test_batch_must_split_over_devices_and_out_ch_must_match(data_root):
+  config = _tiny_config(data_root)
+  config.train.batch_size = 12
+  with pytest.raises(ValueError, match=r"config.train.batch_size=12.*number of devices \(8\)"):
+    train.Experiment(config)
+  config = _tiny_config(data_root)
+  config.model.out_ch = 1
+  config.diffusion.var_type = "learned_range"
+  with pytest.raises(ValueError, match=r"config.model.out_ch=1.*2 for 1-channel images"):
+    train.Experiment(config)
+
+
+def test_every_shipped_config_is_valid():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  names = sorted(f[:-3] for f in os.listdir(_CONFIGS) if f.endswith(".py") and f != "mnist_common.py")
+  assert len(names) >= 13
+  for name in names:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_CONFIGS, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in (None, "runlocal"):
+      config_lib.validate_config(module.get_config(arg))
+  with pytest.raises(ValueError, match="variant 'fast' is not known"):
+    config_lib.apply_variants(config_lib.default_config(), "fast")
