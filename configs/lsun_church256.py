@@ -15,17 +15,5 @@ from ddpm_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.default_config()
-  config.data.name = "lsun/church_outdoor"
-  config.data.image_size = 256
-  config.data.random_flip = True
-  config.model.ch_mult = (1, 1, 2, 2, 4, 4)
-  config.model.dropout = 0.0
-  config.diffusion.mean_type = "eps"
-  config.diffusion.loss_type = "mse"
-  config.optim.learning_rate = 2e-5
-  config.train.batch_size = 64
-  config.train.num_steps = 1_200_000
-  config.sample.batch_size = 16
-  config.eval.batch_size = 16
+  config = config_lib.config_256("lsun/church_outdoor", random_flip=True, num_steps=1_200_000)
   return config_lib.apply_variants(config, arg)

@@ -25,7 +25,24 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                   "train: train (resuming if possible), then sample and evaluate; sample: write "
                   "config.sample.num_samples samples of the latest checkpoint; eval: bits/dim on the eval split.")
 flags.DEFINE_integer("step", None, "Checkpoint step for --mode sample/eval (default: the latest).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process runs outside TPU VMs / SLURM: host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """Joins a multi-process JAX run when asked: $DDPM_JAX_DISTRIBUTED=1 (TPU pods and SLURM detect the rest
+  themselves) or an explicit --coordinator_address/--num_processes/--process_id."""
+  explicit = FLAGS.coordinator_address is not None
+  if not explicit and os.environ.get("DDPM_JAX_DISTRIBUTED", "0") != "1":
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if explicit and (FLAGS.num_processes is None or FLAGS.process_id is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id too.")
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
 
 
 def main(argv):
@@ -37,6 +54,7 @@ def main(argv):
   # (--verbosity=0 brings the details back).
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  initialize_distributed()
   config = FLAGS.config
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode == "train":
