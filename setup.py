@@ -35,7 +35,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
     include_package_data=True,
-    package_data={"ddpm_jax": ["data/assets/*"]},
+    package_data={"ddpm_jax": ["data/assets/*", "evaluation/assets/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["ddpm-jax=ddpm_jax.main:run"]},

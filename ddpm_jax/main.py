@@ -56,7 +56,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   config = FLAGS.config
-  workdir = os.path.abspath(FLAGS.workdir)
+  # Local paths are made absolute (Orbax needs that); URLs such as gs://bucket/run are kept as they are.
+  workdir = FLAGS.workdir if "://" in FLAGS.workdir else os.path.abspath(FLAGS.workdir)
   if FLAGS.mode == "train":
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)

@@ -358,11 +358,20 @@ def _checkpoint_manager(config, workdir):
       max_to_keep=config.train.keep_checkpoints, keep_every_n_steps=config.train.archive_every or None)
 
 
+def _local_workdir(workdir: str) -> str:
+  """The absolute local workdir. Checkpoints could go to gs:// (Orbax reads and writes it), but metrics,
+  TensorBoard events and PNGs are written with local file I/O, so a URL is refused rather than half-used."""
+  if "://" in str(workdir):
+    raise ValueError(f"--workdir={workdir!r}: URL workdirs (gs://...) are not supported yet for metrics and "
+                     "sample files; use a local path, or a bucket mounted with gcsfuse (e.g. /gcs/BUCKET/run).")
+  return os.path.abspath(workdir)
+
+
 def restore_for_inference(config, workdir, *, step: int | None = None):
   """→ (experiment, state) from the latest (or given) checkpoint in `workdir`; errors if there is none."""
   exp = Experiment(config)
   template = exp.init_state()
-  manager = _checkpoint_manager(config, os.path.abspath(workdir))
+  manager = _checkpoint_manager(config, _local_workdir(workdir))
   try:
     if not manager.has_checkpoint():
       raise FileNotFoundError(f"No checkpoint in {manager.directory}: train first with --mode train "
@@ -379,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Writes into `workdir`: checkpoints/, metrics.jsonl, tensorboard/, samples/step_N.png (EMA grids),
   config.json and summary.json. Returns the summary dict.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = _local_workdir(workdir)
   exp = Experiment(config)
   main = _is_main_process()
   os.makedirs(workdir, exist_ok=True)
