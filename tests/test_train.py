@@ -122,6 +122,29 @@ def test_sharded_step_equals_single_device_step(data_root):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p8, p1)
 
 
+def test_k_steps_per_call_equal_k_single_steps(data_root):
+  config = _tiny_config(data_root)
+  exp = train.Experiment(config)
+  rng = np.random.default_rng(1)
+  batches = {"image": rng.uniform(-1, 1, size=(2, 8, 28, 28, 1)).astype(np.float32),
+             "label": np.zeros((2, 8), np.int32)}
+  one = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh,
+                                 exp.init_state())
+  state = exp.init_state()
+  losses = []
+  for i in range(2):
+    state, metrics = one(state, sharding.global_batch(jax.tree.map(lambda x: x[i:i + 1], batches), exp.mesh,
+                                                      leading_axes=1))
+    losses.append(float(metrics["loss"][0]))
+  two = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh,
+                                 exp.init_state())
+  state2, metrics2 = two(exp.init_state(), sharding.global_batch(batches, exp.mesh, leading_axes=1))
+  assert int(state2.step) == int(state.step) == 2
+  np.testing.assert_allclose(np.asarray(metrics2["loss"]), losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state2.params), jax.device_get(state.params))
+
+
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(data_root, tmp_path, monkeypatch):
   config = _tiny_config(data_root, num_steps=6)
   real = sharding.global_batch
