@@ -24,13 +24,11 @@ Usage:
 import argparse
 import datetime
 import hashlib
-import io
 import json
 import os
 import platform
 import sys
 import time
-import zipfile
 
 import flax
 import jax
@@ -41,13 +39,15 @@ import optax
 from ddpm_jax.data import load_bundled_mnist
 from ddpm_jax.evaluation import mnist_classifier
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_bundled_mnist import npz_bytes  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SEED = 20200619
 EPOCHS = 15
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
 MAX_SHIFT = 2
 EVAL_BATCH_SIZE = 500
-_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same weights, same bytes
 
 
 def to_model_range(images_uint8):
@@ -93,20 +93,6 @@ def accuracy(model, params, images, labels):
       np.asarray(jnp.argmax(apply(params, images[i:i + EVAL_BATCH_SIZE]), axis=-1))
       for i in range(0, images.shape[0], EVAL_BATCH_SIZE)])
   return float(np.mean(predictions == labels))
-
-
-def npz_bytes(arrays):
-  """The bytes of a compressed `.npz` of `arrays` (members sorted by name, fixed zip timestamps)."""
-  buffer = io.BytesIO()
-  with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-    for name in sorted(arrays):
-      info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE_TIME)
-      info.compress_type = zipfile.ZIP_DEFLATED
-      info.external_attr = 0o644 << 16
-      member = io.BytesIO()
-      np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-      archive.writestr(info, member.getvalue(), compresslevel=9)
-  return buffer.getvalue()
 
 
 def train(*, seed=SEED, epochs=EPOCHS, log=print):
