@@ -388,19 +388,21 @@ _SIGNAL_SCRIPT = textwrap.dedent("""
       return False
 
     directory = sys.argv[1]
+    # The handlers this process inherited (a shell's background job starts with SIGINT ignored, say).
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     manager = checkpointing.CheckpointManager(directory, save_interval_steps=100, max_to_keep=2)
     manager.install_preemption_handler()
     assert not manager.reached_preemption(6)
     assert deliver(manager, signal.SIGTERM, 7), "SIGTERM did not set the preemption flag"
     assert manager.save(7, {"w": jnp.arange(3.0)}, force=True)  # the train loop's preemption save
     manager.close()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "previous SIGTERM handler not restored"
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM], "previous SIGTERM handler not restored"
 
     manager = checkpointing.CheckpointManager(directory, save_interval_steps=100, max_to_keep=2)
     manager.install_preemption_handler(sigint=True)
     assert deliver(manager, signal.SIGINT, 8), "SIGINT did not set the preemption flag"
     manager.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT], "previous SIGINT handler not restored"
     print("survived", flush=True)
 """)
 
