@@ -181,8 +181,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "diffusion.var_type", diffusion_lib.VAR_TYPES)
   _check_choice(config, "diffusion.loss_type", diffusion_lib.LOSS_TYPES)
   _check_choice(config, "diffusion.timestep_sampler", resample.SAMPLERS)
-  if config.diffusion.loss_type in ("mse", "rescaled_mse") and config.diffusion.mean_type in ("xprev", "mu"):
-    pass  # allowed (DDPM Table 2 row "μ̃ + unweighted MSE"), though the paper found it unstable.
 
   _check_float(config, "optim.learning_rate", 0.0, 1.0, low_open=True)
   _check_float(config, "optim.beta1", 0.0, 1.0, high_open=True)

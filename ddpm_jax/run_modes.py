@@ -44,8 +44,7 @@ def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
                            desc="bits/dim")
   res.update(checkpoint_step=int(state.step), split=config.data.eval_split,
              params="ema" if config.eval.use_ema else "raw",
-             method=("full bound (all T terms)" if config.eval.full_bound else
-                     f"unbiased estimate, {config.eval.timesteps_per_example} timesteps/example"))
+             method=train.bpd_method(config))
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"eval_step{int(state.step)}.json")
     with open(path, "w", encoding="utf-8") as f:

@@ -259,6 +259,12 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
   return jax.jit(bpd)
 
 
+def bpd_method(config) -> str:
+  """How `make_bpd_fn` computes bits/dim under this config, for reports."""
+  return ("full bound (all T terms)" if config.eval.full_bound else
+          f"unbiased estimate, {config.eval.timesteps_per_example} timesteps/example")
+
+
 def evaluate_bpd(config, bpd_fn, params, mesh, *, key, num_examples: int = 0, desc: str | None = None):
   """Bits/dim over the eval split: mean and standard error over examples, and how many were used."""
   batch_size = config.eval.batch_size
@@ -426,6 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
   sample_fn = exp.sample_fn()
   sample_key = jax.random.PRNGKey(config.seed + 1)
+  eval_bpd_fn = exp.bpd_fn(full_bound=False) if config.train.eval_every else None
   pending = []  # device metrics since the last log, fetched only at log / checkpoint time
 
   def flush(step):
@@ -465,7 +472,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f"{exp.mesh.devices.size} {jax.devices()[0].platform} device(s). Workdir: {workdir}")
   t_start = time.time()
   step = start_step
-  images_per_call = k * config.train.batch_size
   last_log_time, last_log_step, last_metrics = time.time(), step, {}
   preempted = False
   try:
@@ -498,7 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.train.sample_every and step % config.train.sample_every == 0 and step != num_steps:
           write_grid(step, f"step_{step}.png")
         if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
-          res = evaluate_bpd(config, exp.bpd_fn(full_bound=False), state.ema_params, exp.mesh,
+          res = evaluate_bpd(config, eval_bpd_fn, state.ema_params, exp.mesh,
                              key=jax.random.PRNGKey(config.seed + 2), num_examples=config.eval.num_examples)
           writer.scalars(step, {"eval_bpd": res["bpd"]})
     manager.wait_until_finished()
@@ -517,8 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        key=jax.random.PRNGKey(config.seed + 2), num_examples=config.eval.num_examples,
                        desc="bits/dim")
     summary.update({f"test_{k_}": v for k_, v in res.items()})
-    summary["test_bpd_method"] = ("full bound (all T terms)" if config.eval.full_bound else
-                                  f"unbiased estimate, {config.eval.timesteps_per_example} timesteps/example")
+    summary["test_bpd_method"] = bpd_method(config)
     summary["test_bpd_params"] = "ema" if config.eval.use_ema else "raw"
     writer.scalars(step, {"test_bpd": res["bpd"]})
   writer.close()
