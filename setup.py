@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tqdm",
     "pillow",
     "tensorboardX>=2.6",
+    "matplotlib>=3.8",
 ]
 
 EXTRAS = {

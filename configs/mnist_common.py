@@ -54,4 +54,7 @@ def mnist_config(mean_type, var_type, loss_type, arg=None):
   config.eval.batch_size = 100
   config.eval.full_bound = False
   config.eval.timesteps_per_example = 8
+  config.eval.num_samples = 500        # MNIST-FD@500 against the 500 held-out test digits
+  config.eval.fast_num_samples = 200
+  config.eval.fast_num_examples = 200
   return config_lib.apply_variants(config, arg)

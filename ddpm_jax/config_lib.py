@@ -9,6 +9,7 @@ with ml_collections' `config_flags`, so any field can be overridden on the comma
 from __future__ import annotations
 
 import numbers
+import os
 
 import ml_collections
 
@@ -43,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Adam 2e-4 (eps 1e-8), linear warm-up over 5000 steps, global-norm clip 1.0, EMA 0.9999.
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=2e-4, beta1=0.9, beta2=0.999, eps=1e-8, warmup_steps=5000, grad_clip=1.0,
-      ema_decay=0.9999))
+      ema_decay=0.9999,
+      lr_schedule="constant"))   # or "cosine": after the warm-up, anneal to 0 at train.num_steps
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=128,          # global batch, split over every device of every host
@@ -63,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
       sampler="ancestral",     # 'ancestral' or 'ddim'
       steps=0,                 # 0: all T steps; N < T: a respaced chain of N steps
       eta=0.0,                 # DDIM only
+      skip_type="even",        # where the N steps go: even (Improved DDPM), uniform or quadratic (DDIM paper)
+      progressive_rows=8,      # --mode sample: rows of the x̂_0-over-time strip (0: none)
       clip_denoised=True, use_ema=True, num_samples=64, batch_size=64))
 
   # Evaluation: bits/dim on the eval split (--mode eval, and the end of training).
@@ -71,6 +75,12 @@ def default_config() -> ml_collections.ConfigDict:
       num_examples=0,          # 0: the whole split
       full_bound=True,         # all T terms (calc_bpd_loop); False: unbiased estimate from sampled t
       timesteps_per_example=8,  # with full_bound=False
+      clip_denoised=True,      # clip x̂_0 to [-1, 1] inside p_θ, the original's evaluation default
+      # Sample quality in --mode eval/sweep: MNIST-FD/IS on mnist5k; FID/IS once inception_weights is set.
+      num_samples=10_000,      # FID@N / MNIST-FD@N: compare only values with the same N
+      fast_num_samples=1_000, fast_num_examples=1_000,  # --mode sweep --fast
+      inception_weights="",    # pt_inception-2015-12-05-6726825d.pth or its .npz (README, "Metrics")
+      inception_reference_cache="",  # .npz of the reference statistics; default: next to the weights
   ))
   return config
 
@@ -128,6 +138,9 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.sample.num_samples = 16
   config.sample.batch_size = 16
   config.eval.num_examples = 16
+  config.eval.num_samples = 16
+  config.eval.fast_num_samples = 16
+  config.eval.fast_num_examples = 16
   config.eval.batch_size = 16
   config.eval.full_bound = False
   return config
@@ -187,6 +200,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_float(config, "optim.beta2", 0.0, 1.0, high_open=True)
   _check_float(config, "optim.eps", 0.0, 1.0, low_open=True)
   _check_int(config, "optim.warmup_steps", 0)
+  _check_choice(config, "optim.lr_schedule", ("constant", "cosine"))
   _check_float(config, "optim.grad_clip", 0.0, float("inf"), high_open=True)
   _check_float(config, "optim.ema_decay", 0.0, 1.0)
 
@@ -205,11 +219,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _fail("sample.steps", config.sample.steps,
           f"0 (all steps) or at most diffusion.num_timesteps={config.diffusion.num_timesteps}")
   _check_float(config, "sample.eta", 0.0, float("inf"), high_open=True)
+  _check_choice(config, "sample.skip_type", diffusion_lib.SKIP_TYPES)
+  _check_int(config, "sample.progressive_rows", 0)
   _check_int(config, "sample.num_samples", 1)
   _check_int(config, "sample.batch_size", 1)
   _check_int(config, "eval.batch_size", 1)
   _check_int(config, "eval.num_examples", 0)
   _check_int(config, "eval.timesteps_per_example", 1)
+  for field in ("num_samples", "fast_num_samples", "fast_num_examples"):
+    _check_int(config, f"eval.{field}", 0)
+  for field in ("num_samples", "fast_num_samples"):
+    if 0 < config.eval[field] < 2:
+      _fail(f"eval.{field}", config.eval[field], "0 (no sample metrics) or at least 2 samples")
+  weights = config.eval.inception_weights
+  if not isinstance(weights, str):
+    _fail("eval.inception_weights", weights, "a path string ('' for none)")
+  if weights and not os.path.isfile(weights):
+    _fail("eval.inception_weights", weights, "an existing file (pt_inception-2015-12-05-6726825d.pth or "
+          "its converted .npz; README, 'Metrics'), or '' to skip FID/IS")
 
   # The network: unet_from_config checks its own fields; out_ch must agree with the variance type.
   out_ch = config.model.get("out_ch")

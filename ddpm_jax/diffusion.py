@@ -150,6 +150,36 @@ def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> 
   return set(all_steps)
 
 
+SKIP_TYPES = ("even", "uniform", "quadratic")
+
+
+def sampling_timesteps(num_timesteps: int, steps: int, skip_type: str = "even") -> list[int]:
+  """The original timesteps a `steps`-step sampler visits, in increasing order.
+
+  skip_type:
+    "even":      `space_timesteps(T, [steps])`: exactly `steps` timesteps spread evenly over [0, T-1],
+                 both ends included (Improved DDPM's respacing).
+    "uniform":   τ_i = i · ⌊T / S⌋ for τ_i < T, as the DDIM paper's code (`range(0, T, T // S)`): the chain
+                 starts at the largest multiple of the stride below T, and gives more than S steps when
+                 S does not divide T (T = 1000, S = 30: stride 33, 31 steps).
+    "quadratic": τ_i = ⌊(i · √(0.8 T) / (S - 1))²⌋, i = 0..S-1, the DDIM paper's "quad" sequence (denser near
+                 t = 0, stops at 0.8 T); repeated values near 0 are visited once, so for large S there are
+                 fewer than S distinct steps.
+  """
+  if skip_type not in SKIP_TYPES:
+    raise ValueError(f"skip_type={skip_type!r} is not supported; choose one of {SKIP_TYPES}.")
+  if not 1 <= steps <= num_timesteps:
+    raise ValueError(f"steps={steps!r} must lie in [1, num_timesteps={num_timesteps}].")
+  if skip_type == "even":
+    return sorted(space_timesteps(num_timesteps, [steps]))
+  if skip_type == "uniform":
+    return list(range(0, num_timesteps, num_timesteps // steps))
+  if steps == 1:
+    return [0]
+  grid = np.linspace(0.0, np.sqrt(num_timesteps * 0.8), steps) ** 2
+  return sorted({int(v) for v in grid})
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Gaussian helpers.
 # ----------------------------------------------------------------------------------------------------------

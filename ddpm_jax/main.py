@@ -3,6 +3,8 @@ r"""ddpm-jax command line: train, sample or evaluate one experiment config in on
   python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu            # train (default)
   python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode sample
   python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode eval
+  python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode bpd
+  python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode sweep --fast
   python -m ddpm_jax.main --config configs/cifar10_mu_vlb_fixed.py:runlocal --workdir /tmp/x  # laptop check
 
 Any config field can be overridden: --config.train.num_steps=2000 --config.sample.steps=100.
@@ -21,10 +23,15 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and summaries.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                  "train: train (resuming if possible), then sample and evaluate; sample: write "
-                  "config.sample.num_samples samples of the latest checkpoint; eval: bits/dim on the eval split.")
-flags.DEFINE_integer("step", None, "Checkpoint step for --mode sample/eval (default: the latest).")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "bpd", "sweep"],
+                  "train: train (resuming if possible), then sample and evaluate; sample: "
+                  "config.sample.num_samples samples (.npz + PNG) and the x̂_0 strip; eval: bits/dim and "
+                  "sample metrics (MNIST-FD or FID/IS); bpd: the full bound, term by term, with rate/"
+                  "distortion (JSON + PNG); sweep: eval over a range of checkpoints (--steps, --fast).")
+flags.DEFINE_integer("step", None, "Checkpoint step for --mode sample/eval/bpd (default: the latest).")
+flags.DEFINE_string("steps", "all", "--mode sweep: 'all', 'A:B' (kept steps in [A, B]) or 'A,B,C'.")
+flags.DEFINE_bool("fast", False, "--mode sweep: eval.fast_num_samples samples and eval.fast_num_examples "
+                  "test images per checkpoint.")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process runs outside TPU VMs / SLURM: host:port of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
@@ -63,6 +70,10 @@ def main(argv):
     result = train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == "sample":
     result = run_modes.sample(config, workdir, step=FLAGS.step)
+  elif FLAGS.mode == "bpd":
+    result = run_modes.bpd(config, workdir, step=FLAGS.step)
+  elif FLAGS.mode == "sweep":
+    result = run_modes.sweep(config, workdir, steps=FLAGS.steps, fast=FLAGS.fast)
   else:
     result = run_modes.evaluate(config, workdir, step=FLAGS.step)
   print(json.dumps(result, indent=2, default=str))

@@ -77,19 +77,44 @@ def create_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.Gaussia
 
 
 def create_sampling_diffusion(config, diffusion: diffusion_lib.GaussianDiffusion):
-  """The chain samples are drawn on: all T steps, or a respaced chain of `sample.steps` steps."""
+  """The chain samples are drawn on: all T steps, or a respaced chain of `sample.steps` steps placed by
+  `sample.skip_type` (`diffusion.sampling_timesteps`)."""
   steps = config.sample.steps
-  if steps and steps != diffusion.num_timesteps:
-    return diffusion.respace(diffusion_lib.space_timesteps(diffusion.num_timesteps, [steps]))
+  skip_type = config.sample.get("skip_type", "even")
+  if steps and (steps != diffusion.num_timesteps or skip_type != "even"):
+    kept = diffusion_lib.sampling_timesteps(diffusion.num_timesteps, steps, skip_type)
+    if len(kept) != diffusion.num_timesteps:
+      return diffusion.respace(kept)
   return diffusion
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
-  """lr · min(step / warmup, 1), the original's linear warm-up (constant afterwards)."""
+  """The learning rate at a step.
+
+  `optim.lr_schedule`:
+    "constant": lr · min(step / warmup, 1), the original's linear warm-up, constant afterwards;
+    "cosine":   the same warm-up, then lr · ½(1 + cos(π · (step - warmup) / (num_steps - warmup))),
+                annealed to 0 at train.num_steps (a short run ends at a settled minimum instead of
+                wherever Adam's noise at a constant rate leaves it).
+  """
   lr, warmup = config.optim.learning_rate, config.optim.warmup_steps
-  if warmup == 0:
-    return optax.constant_schedule(lr)
-  return lambda step: lr * jnp.minimum(step / warmup, 1.0)
+  kind = config.optim.get("lr_schedule", "constant")
+  if kind not in LR_SCHEDULES:
+    raise ValueError(f"config.optim.lr_schedule={kind!r} is not supported; choose one of {LR_SCHEDULES}.")
+  if kind == "constant":
+    if warmup == 0:
+      return optax.constant_schedule(lr)
+    return lambda step: lr * jnp.minimum(step / warmup, 1.0)
+  decay_steps = max(config.train.num_steps - warmup, 1)
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    ramp = jnp.minimum(step / warmup, 1.0) if warmup else 1.0
+    frac = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+    return lr * ramp * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  return schedule
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
@@ -244,7 +269,7 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
     def model_fn(xt, timesteps):
       return model.apply({"params": params}, xt, timesteps, y, train=False)
     if full_bound:
-      return diffusion.calc_bpd_loop(model_fn, x, key=key, clip_denoised=True)["total_bpd"]
+      return diffusion.calc_bpd_loop(model_fn, x, key=key, clip_denoised=config.eval.clip_denoised)["total_bpd"]
 
     def term(_, key_i):
       t_key, n_key = jax.random.split(key_i)
@@ -252,11 +277,24 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
       noise = jax.random.normal(n_key, x.shape)
       x_t = diffusion.q_sample(x, t, noise)
       out = model_fn(x_t, diffusion.model_timesteps(t))
-      return None, diffusion.vb_terms_bpd(out, x, x_t, t, clip_denoised=True)
+      return None, diffusion.vb_terms_bpd(out, x, x_t, t, clip_denoised=config.eval.clip_denoised)
     _, terms = jax.lax.scan(term, None, jax.random.split(key, k))
     return diffusion.prior_bpd(x) + diffusion.num_timesteps * jnp.mean(terms, axis=0)
 
   return jax.jit(bpd)
+
+
+def make_bound_terms_fn(config, model, diffusion):
+  """→ terms(params, batch, key) -> `calc_bpd_loop`'s dict: total_bpd [B], prior_bpd [B], terms_bpd [B, T],
+  mse [B, T] (per-timestep ‖x̂_0 − x_0‖² on the [-1, 1] scale), for `--mode bpd`."""
+  def terms(params, batch, key):
+    y = batch["label"] if model.num_classes is not None else None
+
+    def model_fn(xt, timesteps):
+      return model.apply({"params": params}, xt, timesteps, y, train=False)
+    return diffusion.calc_bpd_loop(model_fn, batch["image"], key=key, clip_denoised=config.eval.clip_denoised)
+
+  return jax.jit(terms)
 
 
 def bpd_method(config) -> str:
@@ -382,9 +420,21 @@ def _local_workdir(workdir: str) -> str:
   return os.path.abspath(workdir)
 
 
-def restore_for_inference(config, workdir, *, step: int | None = None):
-  """→ (experiment, state) from the latest (or given) checkpoint in `workdir`; errors if there is none."""
-  exp = Experiment(config)
+def checkpoint_steps(config, workdir) -> list[int]:
+  """The steps of the checkpoints kept in `workdir`, increasing."""
+  manager = _checkpoint_manager(config, _local_workdir(workdir))
+  try:
+    return sorted(int(s) for s in manager.all_steps())
+  finally:
+    manager.close()
+
+
+def restore_for_inference(config, workdir, *, step: int | None = None, exp: "Experiment | None" = None):
+  """→ (experiment, state) from the latest (or given) checkpoint in `workdir`; errors if there is none.
+
+  Pass `exp` (an earlier call's experiment) to restore several checkpoints without rebuilding it.
+  """
+  exp = exp or Experiment(config)
   template = exp.init_state()
   manager = _checkpoint_manager(config, _local_workdir(workdir))
   try:

@@ -48,3 +48,51 @@ def save_grid(path: str, images, *, ncol: int | None = None) -> str:
     images = to_uint8(images)
   scale = max(1, 64 // images.shape[1])
   return save_image(path, make_grid(images, ncol=ncol), scale=min(scale, 4))
+
+
+def plot_bound(path: str, report: dict) -> str:
+  """The `--mode bpd` report as a PNG: per-timestep bound terms, and DDPM §4.3's rate and distortion.
+
+  Left: L_t in bits/dim against t (log scale). Middle: rate (bits/dim) and distortion (RMSE on [0, 255])
+  against reverse-process steps T − t. Right: distortion against rate, ending at the lossless total.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  terms = np.asarray(report["terms_bpd"])
+  rate = np.asarray(report["rate_bpd"])
+  dist = np.asarray(report["distortion_rmse"])
+  t = np.arange(len(terms))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  ax = axes[0]
+  ax.semilogy(t, np.maximum(terms, 1e-12), lw=1.2)
+  ax.set_xlabel("timestep t")
+  ax.set_ylabel("L_t (bits/dim)")
+  ax.set_title(f"bound terms: total {report['total_bpd']:.4f} ± {report['total_bpd_stderr']:.4f} bits/dim\n"
+               f"prior L_T {report['prior_bpd']:.2e}, decoder L_0 {report['decoder_nll_bpd']:.3f}", fontsize=9)
+  ax.grid(alpha=0.3, which="both")
+  ax = axes[1]
+  steps = len(terms) - t
+  ax.plot(steps, rate, color="C0", label="rate (bits/dim)")
+  ax.set_xlabel("reverse steps T − t")
+  ax.set_ylabel("rate (bits/dim)", color="C0")
+  twin = ax.twinx()
+  twin.plot(steps, dist, color="C3", label="distortion (RMSE, [0, 255])")
+  twin.set_ylabel("distortion (RMSE, [0, 255])", color="C3")
+  ax.set_title("rate and distortion along the reverse process", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax = axes[2]
+  # From t = T-1 (prior only) down to t = 0, then the lossless end point (all bits, no distortion).
+  ax.plot(np.append(rate[::-1], report["total_bpd"]), np.append(dist[::-1], 0.0), marker=".", ms=3, lw=1)
+  ax.set_xlabel("rate (bits/dim)")
+  ax.set_ylabel("distortion (RMSE, [0, 255])")
+  ax.set_title("rate–distortion (DDPM §4.3)", fontsize=9)
+  ax.grid(alpha=0.3)
+  fig.suptitle(f"{report.get('split', '')} split, {report['num_examples']} images, step "
+               f"{report.get('checkpoint_step', '?')}, {report.get('params', '')} params", fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

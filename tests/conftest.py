@@ -24,3 +24,24 @@ import jax  # noqa: E402  (must come after the environment above)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+# --- fixtures shared by the tests that train ----------------------------------------------------------------
+
+import pytest  # noqa: E402
+from tiny import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+  """Where the tiny runs prepare the bundled digits (once per test session)."""
+  return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def straight_run(data_root, tmp_path_factory):
+  """6 uninterrupted steps of the tiny config: (config, workdir, summary), shared by the run-mode tests."""
+  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config(data_root, num_steps=6)
+  return config, workdir, train.train_and_evaluate(config, workdir)

@@ -14,32 +14,8 @@ from ddpm_jax import run_modes
 from ddpm_jax import sharding
 from ddpm_jax import train
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def _tiny_config(tmp_path, **train_overrides):
-  """configs/mnist_mu.py shrunk by its runlocal variant, with the data prepared under tmp_path."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("mnist_mu", os.path.join(_CONFIGS, "mnist_mu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal")
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.model.attn_resolutions = (14,)
-  config.diffusion.num_timesteps = 50
-  config.train.batch_size = 8
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.num_grid_samples = 4
-  config.sample.steps = 5
-  config.sample.num_samples = 5
-  config.sample.batch_size = 8
-  config.eval.num_examples = 8
-  config.eval.batch_size = 8
-  config.eval.timesteps_per_example = 2
-  for k, v in train_overrides.items():
-    config.train[k] = v
-  return config
+from tiny import CONFIGS as _CONFIGS
+from tiny import tiny_config as _tiny_config
 
 
 def _losses(workdir):
@@ -48,16 +24,9 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  return tmp_path_factory.mktemp("data")
-
-
-def test_train_checkpoint_resume_sample_and_exact_resume(data_root, tmp_path):
+def test_train_checkpoint_resume_sample_and_exact_resume(data_root, tmp_path, straight_run):
   # Uninterrupted: 6 steps.
-  straight = str(tmp_path / "straight")
-  config = _tiny_config(data_root, num_steps=6)
-  summary = train.train_and_evaluate(config, straight)
+  config, straight, summary = straight_run
   assert summary["step"] == 6 and os.path.exists(os.path.join(straight, "samples.png"))
   assert np.isfinite(summary["test_bpd"]) and summary["test_num_examples"] == 8
   assert summary["test_bpd_params"] == "ema"

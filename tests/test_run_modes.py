@@ -1,0 +1,136 @@
+"""The command line's modes on a trained tiny workdir: sample (skip types, progressive strip), bpd (the full
+bound term by term, rate/distortion), eval (bits/dim + MNIST-FD) and sweep (metrics across checkpoints)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import run_modes
+from ddpm_jax import train
+
+
+# --- step placement (no model) ------------------------------------------------------------------------------
+
+
+def test_sampling_timesteps_follow_the_ddim_paper():
+  # uniform: τ_i = i·⌊T/S⌋ below T (more than S steps when S does not divide T).
+  assert diffusion_lib.sampling_timesteps(1000, 50, "uniform") == list(range(0, 1000, 20))
+  assert len(diffusion_lib.sampling_timesteps(1000, 30, "uniform")) == 31
+  # quadratic: ⌊(i·√(0.8T)/(S-1))²⌋ = ⌊800 i² / 81⌋ for T = 1000, S = 10.
+  assert diffusion_lib.sampling_timesteps(1000, 10, "quadratic") == [800 * i * i // 81 for i in range(10)]
+  quad = diffusion_lib.sampling_timesteps(1000, 100, "quadratic")
+  assert len(quad) < 100 and quad == sorted(set(quad)) and quad[-1] == 800
+  # even: both ends, exactly S steps.
+  even = diffusion_lib.sampling_timesteps(100, 7, "even")
+  assert len(even) == 7 and even[0] == 0 and even[-1] == 99
+  with pytest.raises(ValueError, match=r"skip_type='log'.*'quadratic'"):
+    diffusion_lib.sampling_timesteps(100, 10, "log")
+  with pytest.raises(ValueError, match=r"steps=0 must lie in \[1, num_timesteps=100\]"):
+    diffusion_lib.sampling_timesteps(100, 0, "uniform")
+
+
+def test_bound_report_against_hand_computation():
+  rng = np.random.default_rng(0)
+  n, T = 7, 5
+  terms = rng.uniform(0.0, 1.0, (n, T))
+  priors = rng.uniform(0.0, 1e-3, n)
+  mse = rng.uniform(0.0, 0.5, (n, T))
+  totals = terms.sum(1) + priors
+  r = run_modes.bound_report(terms.sum(0), (terms ** 2).sum(0), mse.sum(0), (np.sqrt(mse) * 127.5).sum(0),
+                             totals, priors)
+  mean_terms = terms.mean(0)
+  np.testing.assert_allclose(r["terms_bpd"], mean_terms)
+  np.testing.assert_allclose(r["terms_bpd_stderr"], terms.std(0, ddof=1) / math.sqrt(n))
+  np.testing.assert_allclose(r["total_bpd_stderr"], totals.std(ddof=1) / math.sqrt(n))
+  assert r["total_bpd"] == pytest.approx(r["prior_bpd"] + r["sum_of_terms_bpd"], rel=1e-12)
+  # Holding x_t costs the prior plus every term above t; x_{T-1} costs the prior alone.
+  for t in range(T):
+    assert r["rate_bpd"][t] == pytest.approx(priors.mean() + mean_terms[t + 1:].sum(), rel=1e-12)
+  assert r["decoder_nll_bpd"] == pytest.approx(mean_terms[0])
+  np.testing.assert_allclose(r["distortion_rmse"], (np.sqrt(mse) * 127.5).mean(0))
+
+
+def test_parse_steps():
+  kept = [2, 4, 6]
+  assert run_modes.parse_steps("all", kept) == kept
+  assert run_modes.parse_steps("3:", kept) == [4, 6]
+  assert run_modes.parse_steps(":4", kept) == [2, 4]
+  assert run_modes.parse_steps("6,2", kept) == [2, 6]
+  with pytest.raises(ValueError, match=r"--steps='5'.*kept steps: \[2, 4, 6\]"):
+    run_modes.parse_steps("5", kept)
+  with pytest.raises(ValueError, match=r"--steps='x:y' is invalid"):
+    run_modes.parse_steps("x:y", kept)
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    run_modes.parse_steps("all", [])
+
+
+# --- on a trained workdir -----------------------------------------------------------------------------------
+
+
+def test_bpd_mode_writes_every_term_and_the_rate_distortion_curve(straight_run):
+  config, workdir, _ = straight_run
+  config = config.copy_and_resolve_references()
+  config.eval.num_examples = 10  # not a multiple of the batch of 8: the second batch is cut to 2
+  result = run_modes.bpd(config, workdir)
+  with open(result["json"], encoding="utf-8") as f:
+    report = json.load(f)
+  T = config.diffusion.num_timesteps
+  assert report["num_examples"] == 10 and report["params"] == "ema" and report["checkpoint_step"] == 6
+  assert len(report["terms_bpd"]) == len(report["rate_bpd"]) == len(report["distortion_rmse"]) == T
+  assert report["total_bpd"] == pytest.approx(report["prior_bpd"] + sum(report["terms_bpd"]), rel=1e-5)
+  assert report["rate_bpd"][-1] == pytest.approx(report["prior_bpd"])
+  assert report["rate_bpd"][0] == pytest.approx(report["total_bpd"] - report["decoder_nll_bpd"], rel=1e-5)
+  assert np.all(np.diff(report["rate_bpd"]) <= 1e-9)  # KL terms are non-negative
+  assert all(0 <= d <= 255 * 2 for d in report["distortion_rmse"])
+  assert os.path.getsize(result["png"]) > 10_000
+
+
+def test_sample_modes_skip_types_and_progressive_strip(straight_run):
+  config, workdir, _ = straight_run
+  config = config.copy_and_resolve_references()
+  config.sample.progressive_rows = 3
+  config.sample.steps = 10
+  config.sample.skip_type = "quadratic"
+  result = run_modes.sample(config, workdir)
+  assert result["sampling_steps"] == len(diffusion_lib.sampling_timesteps(50, 10, "quadratic"))
+  assert "quadratic" in result["grid"] and np.load(result["npz"])["images"].shape == (5, 28, 28, 1)
+  # One row per chain: x̂_0 at every kept timestep (the quadratic skip keeps 9 distinct steps of 50, so the
+  # recording stride is 1), from noisy to clean, then the sample.
+  kept = diffusion_lib.sampling_timesteps(50, 10, "quadratic")
+  assert len(kept) == 9 and result["progressive_timesteps"] == kept[::-1]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  strip = Image.open(result["progressive_png"])
+  scale = 2  # save_grid enlarges 28² images 2×
+  assert strip.size == (scale * (10 * 30 + 2), scale * (3 * 30 + 2))
+  config.sample.sampler = "ddim"
+  config.sample.skip_type = "uniform"
+  result = run_modes.sample(config, workdir)
+  assert result["sampling_steps"] == 10 and "ddim10_uniform_eta0" in result["grid"]
+  assert "skipped" in result["progressive"]
+
+
+def test_eval_and_sweep_write_metrics_history_and_table(straight_run):
+  config, workdir, _ = straight_run
+  config = config.copy_and_resolve_references()
+  config.eval.num_samples = 16
+  config.eval.fast_num_samples = 8
+  config.eval.fast_num_examples = 8
+  res = run_modes.evaluate(config, workdir)
+  assert np.isfinite(res["bpd"]) and res["num_examples"] == 8
+  assert res["mnist_fd@16"] > 0 and 1.0 <= res["mnist_is"] <= 10.0
+  assert res["mnist_fd_reference"].startswith("mnist5k/test")
+  steps = train.checkpoint_steps(config, workdir)
+  sweep = run_modes.sweep(config, workdir, steps="all", fast=True)
+  assert [r["checkpoint_step"] for r in sweep["rows"]] == steps
+  assert all("mnist_fd@8" in r for r in sweep["rows"])
+  with open(sweep["table"], encoding="utf-8") as f:
+    table = f.read().strip().splitlines()
+  assert table[0].startswith("| step | bits/dim") and "mnist_fd@8" in table[0]
+  assert len(table) == 2 + len(steps)
+  with open(os.path.join(workdir, "eval_history.jsonl"), encoding="utf-8") as f:
+    history = [json.loads(line) for line in f]
+  assert [h["checkpoint_step"] for h in history] == [6] + steps
