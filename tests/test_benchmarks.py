@@ -1,0 +1,117 @@
+"""Smoke tests of benchmarks/: each script's main() runs in-process on a tiny shape and returns a record with
+the documented keys and types. No timing is asserted (the figures depend on the machine and its load)."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bpd_throughput  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks import sampling  # noqa: E402
+from benchmarks import summarize  # noqa: E402
+from benchmarks import train_throughput  # noqa: E402
+
+# 8x8x3 images, a one-level U-Net (ch 32 is the least GroupNorm's 32 groups allow), no attention, T = 10
+# (not less: runlocal's sample.steps is 10), one device: one small compile per script.
+TINY = ["--image_size", "8", "--num_devices", "1",
+        "--set", "model.ch_mult=(1,)", "--set", "model.attn_resolutions=()", "--set", "model.num_res_blocks=1",
+        "--set", "diffusion.num_timesteps=10"]
+
+ENV_KEYS = {"date", "python", "jax", "jaxlib", "flax", "backend", "device_kind", "devices_used", "device_count",
+            "process_count", "host_cpu", "host_cpu_count", "git_commit"}
+
+
+def _is_pos(x):
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _check_common(record, out_path, name):
+  assert record["benchmark"] == name
+  assert ENV_KEYS <= set(record["env"]) and record["env"]["devices_used"] == 1
+  assert record["config"]["image_shape"] == [8, 8, 3] and record["config"]["diffusion"]["num_timesteps"] == 10
+  assert isinstance(record["config"]["num_params"], int) and record["config"]["num_params"] > 0
+  assert isinstance(record["peak_memory_bytes"], int) and record["peak_memory_bytes"] > 0
+  assert isinstance(record["peak_memory_kind"], str)
+  assert isinstance(record["notes"], list)
+  with open(out_path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert json.loads(lines[-1]) == json.loads(json.dumps(record))  # --out appends the same record
+  table = summarize.markdown([json.loads(lines[-1])]).splitlines()  # the RESULTS.md row renders
+  assert table[0] == f"### {name}" and len(table) == 5 and table[4].startswith("| ")
+
+
+def test_train_throughput_record(tmp_path, capsys):
+  out = tmp_path / "results.jsonl"
+  record = train_throughput.main(TINY + ["--batch_size", "2", "--steps_per_call", "1", "--warmup_calls", "1",
+                                         "--timed_calls", "2", "--sync_each_call", "--out", str(out)])
+  _check_common(record, out, "train_throughput")
+  for key in ("images_per_sec", "step_time_mean_s", "step_time_std_s", "step_time_min_s", "compile_s",
+              "flops_per_image", "flops_per_image_compiled", "flops_per_image_unoptimized",
+              "achieved_flops_per_sec"):
+    assert _is_pos(record[key]) or (key == "step_time_std_s" and record[key] == 0.0), (key, record[key])
+  assert record["batch_size"] == 2 and record["timed_steps"] == 2 and record["warmup_steps"] == 1
+  assert record["flops_source"] == "compiled" and record["loss_finite"] is True
+  # CPU: no peak FLOP/s is known, so no MFU, and memory is the host's RSS.
+  assert record["mfu"] is None and record["peak_flops_per_sec"] is None
+  assert record["peak_memory_kind"].startswith("host RSS")
+  captured = capsys.readouterr()
+  assert json.loads(captured.out.strip().splitlines()[-1])["benchmark"] == "train_throughput"
+  assert "images/s" in captured.err and "MFU" in captured.err
+
+
+def test_sampling_record(tmp_path):
+  out = tmp_path / "results.jsonl"
+  record = sampling.main(TINY + ["--num_images", "3", "--batch_size", "2", "--ddim_steps", "4",
+                                 "--out", str(out)])
+  _check_common(record, out, "sampling")
+  assert record["num_images"] == 3 and record["batch_size"] == 2 and record["num_batches"] == 2
+  assert [(r["sampler"], r["chain_steps"]) for r in record["runs"]] == [("ancestral", 10), ("ddim", 4)]
+  for run in record["runs"]:
+    for key in ("compile_s", "wall_s", "images_per_sec", "step_time_s"):
+      assert _is_pos(run[key]), (key, run[key])
+    assert run["images_finite"] is True and run["output_shape"] == [3, 8, 8, 3]
+
+
+def test_bpd_throughput_record(tmp_path):
+  out = tmp_path / "results.jsonl"
+  record = bpd_throughput.main(TINY + ["--batch_size", "2", "--num_batches", "1", "--out", str(out)])
+  _check_common(record, out, "bpd_throughput")
+  assert record["terms_per_image"] == 10 and record["bound"].startswith("full bound")
+  for key in ("images_per_sec", "batch_time_s", "compile_s", "wall_s"):
+    assert _is_pos(record[key]), (key, record[key])
+  assert record["bpd_finite"] is True
+
+
+@pytest.mark.parametrize("kind, dtype, entry, peak", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", "NVIDIA H100 SXM", 989.4e12),
+    ("NVIDIA H100 PCIe", "bfloat16", "NVIDIA H100 PCIe", 756.5e12),
+    ("NVIDIA H200", "float32", "NVIDIA H200 SXM", 494.7e12),  # float32 → TF32 tensor cores
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", "NVIDIA A100", 312e12),
+    ("TPU v3", "bfloat16", "TPU v3 (per core)", 61.5e12),
+    ("TPU v5 lite", "bfloat16", "TPU v5e", 197e12),
+    ("TPU v5", "bfloat16", "TPU v5p", 459e12),
+    ("TPU v6 lite", "float32", "TPU v6e", None),  # no published fp32 peak
+    ("cpu", "float32", None, None),
+])
+def test_peak_flops_table(kind, dtype, entry, peak):
+  assert common.peak_table_entry(kind) == entry
+  value, basis = common.peak_flops_per_device(kind, dtype)
+  assert value == (pytest.approx(peak) if peak else None) and isinstance(basis, str)
+
+
+def test_cost_flops_reads_dict_and_list_forms():
+  assert common.cost_flops({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
+  assert common.cost_flops([{"flops": 4.0}, {"flops": 6.0}]) == 10.0  # older jax: a list per module
+  assert common.cost_flops(None) is None and common.cost_flops({"flops": -1.0}) is None
+
+
+def test_bad_override_names_the_field():
+  with pytest.raises(ValueError, match=r"config field 'model.chanels' does not exist"):
+    train_throughput.main(["--set", "model.chanels=64"])
+  with pytest.raises(ValueError, match=r"--num_devices=99 is invalid"):
+    train_throughput.main(["--num_devices", "99"])
