@@ -81,6 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
       fast_num_samples=1_000, fast_num_examples=1_000,  # --mode sweep --fast
       inception_weights="",    # pt_inception-2015-12-05-6726825d.pth or its .npz (README, "Metrics")
       inception_reference_cache="",  # .npz of the reference statistics; default: next to the weights
+      fid_reference_split="train",   # DDPM's FID reference: the training set (50k for CIFAR-10)
+      fid_reference_num_examples=0,  # 0: the whole split
   ))
   return config
 
@@ -231,6 +233,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("num_samples", "fast_num_samples"):
     if 0 < config.eval[field] < 2:
       _fail(f"eval.{field}", config.eval[field], "0 (no sample metrics) or at least 2 samples")
+  _check_int(config, "eval.fid_reference_num_examples", 0)
+  if not isinstance(config.eval.fid_reference_split, str) or not config.eval.fid_reference_split:
+    _fail("eval.fid_reference_split", config.eval.fid_reference_split, "a split name such as 'train'")
   weights = config.eval.inception_weights
   if not isinstance(weights, str):
     _fail("eval.inception_weights", weights, "a path string ('' for none)")

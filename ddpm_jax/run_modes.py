@@ -229,15 +229,53 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
     score = mnist_classifier.mnist_is(uint8, splits=splits)
     metrics["mnist_is"] = score["mnist_is"]
   if weights:
-    metrics.update(_inception_metrics(config, uint8))
+    metrics.update(_inception_metrics(config, uint8, exp.mesh))
   metrics["sampler"] = _sampler_tag(config)
   return metrics
 
 
-def _inception_metrics(config, uint8_images) -> dict[str, Any]:
-  """FID@N against the cached reference statistics of `data.eval_split`, and IS, on Inception-v3."""
+def _inception_metrics(config, uint8_images, mesh) -> dict[str, Any]:
+  """FID@N against `eval.fid_reference_split` (statistics cached with their provenance) and IS@N, on the
+  FID Inception-v3 from `eval.inception_weights`."""
   from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-  return inception.evaluate_samples(config, uint8_images)
+  e = config.eval
+  params = _inception_params(e.inception_weights)
+  split = e.fid_reference_split
+  n_ref = e.fid_reference_num_examples
+  cache = e.inception_reference_cache or os.path.join(
+      os.path.dirname(os.path.abspath(e.inception_weights)),
+      f"fid_stats_{config.data.name.replace('/', '_')}_{config.data.image_size or 'native'}_{split}"
+      f"_{n_ref or 'all'}.npz")
+  provenance = {"dataset": config.data.name, "split": split, "image_size": config.data.image_size,
+                "n": None, **inception.weights_provenance(e.inception_weights)}
+
+  def load():
+    return data_pipeline.load_split_images(config.data, split=split, max_examples=n_ref)
+  if n_ref:
+    provenance["n"] = int(n_ref)
+    images = load
+  else:  # the whole split: its size is part of the provenance, so the images are read once
+    images = load()
+    provenance["n"] = int(len(images))
+  reference = inception.reference_statistics(images, params=params, cache_path=cache, provenance=provenance,
+                                             mesh=mesh)
+  res = inception.inception_metrics(params, uint8_images, reference=reference,
+                                    splits=10 if len(uint8_images) >= 100 else 1, mesh=mesh)
+  out = {res["fid_label"].lower(): res["fid"], "inception_score": res["inception_score"],
+         "inception_score_std": res["inception_score_std"], "is_label": res["is_label"],
+         "fid_reference": f"{config.data.name}/{split} (n={provenance['n']}, cache {cache})",
+         "inception_preprocessing": res["preprocessing"]}
+  return out
+
+
+_INCEPTION_PARAMS: dict[str, Any] = {}
+
+
+def _inception_params(path):
+  if path not in _INCEPTION_PARAMS:
+    from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+    _INCEPTION_PARAMS[path] = inception.load_inception_params(path)
+  return _INCEPTION_PARAMS[path]
 
 
 def _eval_checkpoint(config, workdir, exp, state, *, num_samples, num_examples) -> dict[str, Any]:

@@ -134,3 +134,37 @@ def test_eval_and_sweep_write_metrics_history_and_table(straight_run):
   with open(os.path.join(workdir, "eval_history.jsonl"), encoding="utf-8") as f:
     history = [json.loads(line) for line in f]
   assert [h["checkpoint_step"] for h in history] == [6] + steps
+
+
+def test_eval_adds_fid_and_is_when_inception_weights_are_given(straight_run, tmp_path, monkeypatch):
+  """The eval plumbing (weights → cached reference statistics of the train split → FID@N, IS@N) with the
+  Inception network replaced by a cheap fixed random map (tests/test_inception.py tests the network)."""
+  from ddpm_jax.evaluation import inception as inc  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = straight_run
+  config = config.copy_and_resolve_references()
+  weights = tmp_path / "weights.npz"
+  weights.write_bytes(b"stand-in weights")
+  seen = []
+
+  def fake(params, images, **kwargs):
+    del params, kwargs
+    seen.append(images.shape)
+    x = images.reshape(images.shape[0], -1).astype(np.float64)
+    rng = np.random.default_rng(0)
+    return (np.tanh(x @ rng.normal(size=(x.shape[1], 16)) / 300.0).astype(np.float32),
+            (x @ rng.normal(size=(x.shape[1], 1008)) / 3000.0).astype(np.float32))
+  monkeypatch.setattr(inc, "inception_features_and_logits", fake)
+  monkeypatch.setattr(inc, "FEATURE_DIM", 16)
+  monkeypatch.setattr(inc, "load_inception_params", lambda path: {"params": str(path)})
+  monkeypatch.setattr(run_modes, "_INCEPTION_PARAMS", {})
+  config.eval.inception_weights = str(weights)
+  config.eval.fid_reference_num_examples = 40
+  config.eval.num_samples = 12
+  res = run_modes.evaluate(config, workdir)
+  assert res["fid@12"] > 0 and 1.0 <= res["inception_score"] <= 1008.0 and res["is_label"] == "IS@12"
+  assert res["fid_reference"].startswith("mnist5k/train (n=40") and res["mnist_fd@12"] > 0
+  assert seen == [(40, 28, 28, 1), (12, 28, 28, 1)]  # the reference split, then the samples
+  cache = tmp_path / "fid_stats_mnist5k_native_train_40.npz"
+  assert cache.exists()
+  run_modes.evaluate(config, workdir)  # a second eval reuses the cached statistics
+  assert seen[2:] == [(12, 28, 28, 1)]

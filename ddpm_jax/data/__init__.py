@@ -15,6 +15,7 @@ from ddpm_jax.data.pipeline import create_eval_iterator
 from ddpm_jax.data.pipeline import create_train_iterator
 from ddpm_jax.data.pipeline import get_default_data_config
 from ddpm_jax.data.pipeline import get_image_shape
+from ddpm_jax.data.pipeline import load_split_images
 from ddpm_jax.data.pipeline import validate_data_config
 from ddpm_jax.data.sources import DatasetNotPreparedError
 from ddpm_jax.data.sources import get_data_source
@@ -39,6 +40,7 @@ __all__ = [
     "get_default_data_config",
     "get_image_shape",
     "load_bundled_mnist",
+    "load_split_images",
     "resolve_data_dir",
     "validate_data_config",
 ]

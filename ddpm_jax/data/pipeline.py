@@ -27,6 +27,7 @@ from absl import logging
 import grain
 import ml_collections
 import numpy as np
+import tqdm
 
 from ddpm_jax.data import mnist5k
 from ddpm_jax.data import sources
@@ -264,3 +265,21 @@ def create_eval_iterator(data_config, *, split, batch_size, process_index=None, 
   dataset = dataset.batch(local_batch, drop_remainder=True).map(transforms.ScaleBatch())
   dataset = dataset[process_index::process_count]
   return _to_iterator(dataset, data_config["num_workers"])
+
+
+def load_split_images(data_config, *, split, max_examples=0, data_dir=None):
+  """The uint8 images [N, H, W, C] of a split as the pipelines see them (cropped/resized, not scaled or
+  flipped): the reference set for FID statistics. `max_examples` > 0 keeps the first that many."""
+  validate_data_config(data_config)
+  data_dir = _data_dir(data_config, data_dir)
+  source = sources.get_data_source(data_config["name"], split=split, data_dir=data_dir)
+  _, stored_shape, _ = sources.get_dataset_info(data_config["name"], data_dir=data_dir)
+  ops = _element_transforms(data_config, stored_shape)
+  n = len(source) if not max_examples else min(max_examples, len(source))
+  out = np.empty((n,) + _output_shape(data_config, stored_shape), np.uint8)
+  for i in tqdm.trange(n, desc=f"{data_config['name']}/{split} images", leave=False, disable=n < 5000):
+    element = source[i]
+    for op in ops:
+      element = op.map(element)
+    out[i] = element["image"]
+  return out

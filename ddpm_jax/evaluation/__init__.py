@@ -4,6 +4,8 @@
   formulas, independent of the network that produced the features).
 - `mnist_classifier`: a small shipped MNIST CNN and `mnist_fd` / `mnist_is`, offline proxies for FID/IS on
   the bundled digits (not comparable with published FID/IS values).
+- `inception`: the standard FID Inception-v3 (TF graph 2015-12-05) in Flax, its reference preprocessing,
+  a torch-free reader for pytorch-fid's weights file, cached reference statistics and FID@N / IS@N.
 """
 
 from ddpm_jax.evaluation.frechet import activation_statistics
@@ -16,14 +18,45 @@ from ddpm_jax.evaluation.mnist_classifier import MnistClassifier
 from ddpm_jax.evaluation.mnist_classifier import mnist_fd
 from ddpm_jax.evaluation.mnist_classifier import mnist_is
 
+# The `inception` names are resolved on first use (PEP 562), so that
+# `python -m ddpm_jax.evaluation.inception convert ...` does not find the module already imported.
+_INCEPTION_NAMES = (
+    "FIDInceptionV3",
+    "InceptionWeightsError",
+    "fid_from_images",
+    "inception_features_and_logits",
+    "inception_metrics",
+    "inception_score_from_images",
+    "load_inception_params",
+    "reference_statistics",
+    "weights_provenance",
+)
+
+
+def __getattr__(name):
+  if name in _INCEPTION_NAMES:
+    from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
+    return getattr(inception, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ClassifierAssetError",
+    "FIDInceptionV3",
+    "InceptionWeightsError",
     "MnistClassifier",
     "activation_statistics",
     "classifier_features_and_probs",
+    "fid_from_images",
     "frechet_distance",
+    "inception_features_and_logits",
+    "inception_metrics",
     "inception_score",
+    "inception_score_from_images",
     "load_classifier",
+    "load_inception_params",
     "mnist_fd",
     "mnist_is",
+    "reference_statistics",
+    "weights_provenance",
 ]
