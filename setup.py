@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
-    "tpu": ["jax[tpu]>=0.10,<0.11"],
+    "tpu": ["jax[tpu]>=0.10,<0.11", "gcsfs"],  # gcsfs: gs:// workdirs and tfds data dirs
     "cuda": ["jax[cuda12]>=0.10,<0.11"],
     # Only for importing the original TF checkpoints (ddpm_jax.models.convert); never needed at run time.
     "convert": ["tensorflow-cpu>=2.16"],

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
+from ddpm_jax import fileio
 from ddpm_jax import sharding
 from ddpm_jax import train
 from ddpm_jax import visualize
@@ -35,9 +37,7 @@ def _params(state, use_ema: bool):
 
 
 def _write_json(path: str, value: dict) -> str:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2)
-  return path
+  return fileio.write_text(path, json.dumps(value, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -88,6 +88,7 @@ def progressive_strip(config, exp, params, *, key, rows: int) -> tuple[np.ndarra
 def sample(config, workdir: str, *, step: int | None = None) -> dict:
   """Writes exactly `sample.num_samples` samples (uint8 .npz and a PNG grid) from a checkpoint, and the
   progressive x̂_0 strip of `sample.progressive_rows` chains (ancestral sampler only)."""
+  workdir = fileio.resolve(workdir)
   exp, state = train.restore_for_inference(config, workdir, step=step)
   s = config.sample
   params = _params(state, s.use_ema)
@@ -96,7 +97,7 @@ def sample(config, workdir: str, *, step: int | None = None) -> dict:
                                   batch_size=s.batch_size, mesh=exp.mesh, desc="sampling")
   ckpt_step = int(state.step)
   tag = f"step{ckpt_step}_{_sampler_tag(config)}"
-  out_dir = os.path.join(workdir, "samples")
+  out_dir = fileio.join(workdir, "samples")
   result = {"checkpoint_step": ckpt_step, "num_samples": int(len(images)), "sampler": s.sampler,
             "sampling_steps": train.create_sampling_diffusion(config, exp.diffusion).num_timesteps,
             "skip_type": s.skip_type, "params": "ema" if s.use_ema else "raw", "seed": int(config.seed)}
@@ -108,15 +109,16 @@ def sample(config, workdir: str, *, step: int | None = None) -> dict:
   elif s.progressive_rows:
     result["progressive"] = "skipped: drawn for the unconditional ancestral sampler only"
   if _is_main():
-    os.makedirs(out_dir, exist_ok=True)
-    npz = os.path.join(out_dir, f"{tag}.npz")
-    np.savez_compressed(npz, images=visualize.to_uint8(images))
-    grid = visualize.save_grid(os.path.join(out_dir, f"{tag}.png"), images[:min(len(images), 100)])
+    npz = fileio.join(out_dir, f"{tag}.npz")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=visualize.to_uint8(images))
+    fileio.write_bytes(npz, buffer.getvalue())
+    grid = visualize.save_grid(fileio.join(out_dir, f"{tag}.png"), images[:min(len(images), 100)])
     result.update(npz=npz, grid=grid)
     if strip is not None:
       rows, cols = strip.shape[:2]
       result["progressive_png"] = visualize.save_grid(
-          os.path.join(out_dir, f"{tag}_progressive.png"), strip.reshape((rows * cols,) + strip.shape[2:]),
+          fileio.join(out_dir, f"{tag}_progressive.png"), strip.reshape((rows * cols,) + strip.shape[2:]),
           ncol=cols)
   return result
 
@@ -159,6 +161,7 @@ def bound_report(terms_sum, terms_sq_sum, mse_sum, rmse_sum, totals, priors) -> 
 def bpd(config, workdir: str, *, step: int | None = None) -> dict:
   """The full bound (all T terms + prior, `calc_bpd_loop`) over `data.eval_split` (`eval.num_examples`
   images, 0 = all), with its per-timestep terms, as bpd_step{N}.json and bpd_step{N}.png in the workdir."""
+  workdir = fileio.resolve(workdir)
   exp, state = train.restore_for_inference(config, workdir, step=step)
   use_ema = config.eval.use_ema
   params = _params(state, use_ema)
@@ -196,8 +199,8 @@ def bpd(config, workdir: str, *, step: int | None = None) -> dict:
             "params": "ema" if use_ema else "raw", "method": "full bound (all T terms)",
             "num_timesteps": T, "clip_denoised": bool(config.eval.clip_denoised), **report}
   if _is_main():
-    report["json"] = _write_json(os.path.join(workdir, f"bpd_step{ckpt_step}.json"), report)
-    report["png"] = visualize.plot_bound(os.path.join(workdir, f"bpd_step{ckpt_step}.png"), report)
+    report["json"] = _write_json(fileio.join(workdir, f"bpd_step{ckpt_step}.json"), report)
+    report["png"] = visualize.plot_bound(fileio.join(workdir, f"bpd_step{ckpt_step}.png"), report)
   summary_keys = ("checkpoint_step", "split", "params", "num_examples", "total_bpd", "total_bpd_stderr",
                   "prior_bpd", "decoder_nll_bpd", "json", "png")
   return {k: report[k] for k in summary_keys if k in report}
@@ -290,19 +293,19 @@ def _eval_checkpoint(config, workdir, exp, state, *, num_samples, num_examples) 
   res.update(sample_metrics(config, exp, params, key=jax.random.PRNGKey(config.seed + 3),
                             num_samples=num_samples))
   if _is_main():
-    with open(os.path.join(workdir, "eval_history.jsonl"), "a", encoding="utf-8") as f:
-      f.write(json.dumps(res) + "\n")
+    fileio.append_text(fileio.join(workdir, "eval_history.jsonl"), json.dumps(res) + "\n")
   return res
 
 
 def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   """Bits/dim on `data.eval_split` and sample-quality metrics of `eval.num_samples` samples, written to
   eval_step{N}.json and appended to the workdir's eval_history.jsonl."""
+  workdir = fileio.resolve(workdir)
   exp, state = train.restore_for_inference(config, workdir, step=step)
   res = _eval_checkpoint(config, workdir, exp, state, num_samples=config.eval.num_samples,
                          num_examples=config.eval.num_examples)
   if _is_main():
-    res["json"] = _write_json(os.path.join(workdir, f"eval_step{res['checkpoint_step']}.json"), res)
+    res["json"] = _write_json(fileio.join(workdir, f"eval_step{res['checkpoint_step']}.json"), res)
   return res
 
 
@@ -336,6 +339,7 @@ def sweep(config, workdir: str, *, steps: str = "all", fast: bool = False) -> di
   """`eval` on every chosen checkpoint; `fast` uses eval.fast_num_samples samples and eval.fast_num_examples
   test images (NCSNv2's fast-FID idea: rank checkpoints cheaply, then evaluate the best one fully).
   Writes eval_sweep.md (a markdown table) and eval_sweep.json in the workdir."""
+  workdir = fileio.resolve(workdir)
   chosen = parse_steps(steps, train.checkpoint_steps(config, workdir))
   num_samples = config.eval.fast_num_samples if fast else config.eval.num_samples
   num_examples = config.eval.fast_num_examples if fast else config.eval.num_examples
@@ -347,11 +351,8 @@ def sweep(config, workdir: str, *, steps: str = "all", fast: bool = False) -> di
                                  num_examples=num_examples))
   result = {"steps": chosen, "fast": bool(fast), "num_samples": num_samples, "rows": rows}
   if _is_main():
-    result["json"] = _write_json(os.path.join(workdir, "eval_sweep.json"), result)
-    path = os.path.join(workdir, "eval_sweep.md")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(sweep_table(rows) + "\n")
-    result["table"] = path
+    result["json"] = _write_json(fileio.join(workdir, "eval_sweep.json"), result)
+    result["table"] = fileio.write_text(fileio.join(workdir, "eval_sweep.md"), sweep_table(rows) + "\n")
   return result
 
 

@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ import tqdm
 from ddpm_jax import checkpointing
 from ddpm_jax import config_lib
 from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import fileio
 from ddpm_jax import resample
 from ddpm_jax import sharding
 from ddpm_jax import visualize
@@ -335,15 +335,29 @@ def evaluate_bpd(config, bpd_fn, params, mesh, *, key, num_examples: int = 0, de
 
 
 class MetricWriter:
-  """Scalars to `metrics.jsonl` and TensorBoard event files (tensorboardX; no TensorFlow), images to TB."""
+  """Scalars to `metrics.jsonl` and TensorBoard event files (tensorboardX; no TensorFlow), images to TB.
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  For a URL workdir (gs://...) both are written to a local mirror and uploaded at most every
+  `sync_seconds` and on close (object stores cannot append).
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, sync_seconds: float = 60.0):
     self.enabled = enabled
     self._tb = None
     if enabled:
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._mirror = fileio.LocalMirror(workdir)
+      self._mirror.pull("metrics.jsonl")  # a resumed run continues the remote log
+      self._jsonl = open(os.path.join(self._mirror.path, "metrics.jsonl"), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(self._mirror.path, "tensorboard"))
+      self._sync_seconds = sync_seconds
+      self._last_sync = time.time()
+
+  def _maybe_sync(self, force=False):
+    if self._mirror.remote and (force or time.time() - self._last_sync >= self._sync_seconds):
+      self._tb.flush()
+      self._mirror.sync()
+      self._last_sync = time.time()
 
   def scalars(self, step: int, values: dict[str, float]):
     if not self.enabled:
@@ -353,15 +367,18 @@ class MetricWriter:
     self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, float(v), int(step))
+    self._maybe_sync()
 
   def image(self, step: int, tag: str, image_uint8: np.ndarray):
     if self.enabled:
       self._tb.add_image(tag, image_uint8, int(step), dataformats="HWC")
+      self._maybe_sync()
 
   def close(self):
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+      self._mirror.close()
 
 
 def _is_main_process():
@@ -407,22 +424,20 @@ class Experiment:
 
 def _checkpoint_manager(config, workdir):
   return checkpointing.CheckpointManager(
-      os.path.join(workdir, "checkpoints"), save_interval_steps=config.train.checkpoint_every,
+      fileio.join(workdir, "checkpoints"), save_interval_steps=config.train.checkpoint_every,
       max_to_keep=config.train.keep_checkpoints, keep_every_n_steps=config.train.archive_every or None)
 
 
-def _local_workdir(workdir: str) -> str:
-  """The absolute local workdir. Checkpoints could go to gs:// (Orbax reads and writes it), but metrics,
-  TensorBoard events and PNGs are written with local file I/O, so a URL is refused rather than half-used."""
-  if "://" in str(workdir):
-    raise ValueError(f"--workdir={workdir!r}: URL workdirs (gs://...) are not supported yet for metrics and "
-                     "sample files; use a local path, or a bucket mounted with gcsfuse (e.g. /gcs/BUCKET/run).")
-  return os.path.abspath(workdir)
+def _resolve_workdir(workdir: str) -> str:
+  """The workdir as an absolute local path, or a URL (gs://bucket/run) kept as it is."""
+  if not isinstance(workdir, (str, os.PathLike)) or not os.fspath(workdir).strip():
+    raise ValueError(f"--workdir={workdir!r} is invalid: expected a local folder or a gs://bucket/path URL.")
+  return fileio.resolve(workdir)
 
 
 def checkpoint_steps(config, workdir) -> list[int]:
   """The steps of the checkpoints kept in `workdir`, increasing."""
-  manager = _checkpoint_manager(config, _local_workdir(workdir))
+  manager = _checkpoint_manager(config, _resolve_workdir(workdir))
   try:
     return sorted(int(s) for s in manager.all_steps())
   finally:
@@ -436,7 +451,7 @@ def restore_for_inference(config, workdir, *, step: int | None = None, exp: "Exp
   """
   exp = exp or Experiment(config)
   template = exp.init_state()
-  manager = _checkpoint_manager(config, _local_workdir(workdir))
+  manager = _checkpoint_manager(config, _resolve_workdir(workdir))
   try:
     if not manager.has_checkpoint():
       raise FileNotFoundError(f"No checkpoint in {manager.directory}: train first with --mode train "
@@ -453,13 +468,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Writes into `workdir`: checkpoints/, metrics.jsonl, tensorboard/, samples/step_N.png (EMA grids),
   config.json and summary.json. Returns the summary dict.
   """
-  workdir = _local_workdir(workdir)
+  workdir = _resolve_workdir(workdir)
   exp = Experiment(config)
   main = _is_main_process()
-  os.makedirs(workdir, exist_ok=True)
   if main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    fileio.makedirs(workdir)
+    fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   state = exp.init_state()
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -512,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               key=sample_key, num_samples=config.train.num_grid_samples,
                               batch_size=config.sample.batch_size, mesh=exp.mesh, desc="sampling")
     if main:
-      path = visualize.save_grid(os.path.join(workdir, "samples", name), images)
+      path = visualize.save_grid(fileio.join(workdir, "samples", name), images)
       writer.image(step, "samples", visualize.make_grid(visualize.to_uint8(images)))
       return path
 
@@ -567,7 +581,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if not preempted and step > start_step:
     summary["samples_png"] = write_grid(step, f"step_{step}.png")
     if main:  # the latest grid also under a fixed name, for people and the README
-      shutil.copyfile(summary["samples_png"], os.path.join(workdir, "samples.png"))
+      fileio.copy(summary["samples_png"], fileio.join(workdir, "samples.png"))
     params = state.ema_params if config.eval.use_ema else state.params
     res = evaluate_bpd(config, exp.bpd_fn(full_bound=config.eval.full_bound), params, exp.mesh,
                        key=jax.random.PRNGKey(config.seed + 2), num_examples=config.eval.num_examples,
@@ -578,6 +592,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.scalars(step, {"test_bpd": res["bpd"]})
   writer.close()
   if main:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
+    fileio.write_text(fileio.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary

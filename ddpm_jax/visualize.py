@@ -1,12 +1,14 @@
-"""Pictures: images in [-1, 1] to uint8, sample grids as PNG."""
+"""Pictures: images in [-1, 1] to uint8, sample grids as PNG, the bound plot; local or gs:// paths."""
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from ddpm_jax import fileio
 
 
 def to_uint8(images) -> np.ndarray:
@@ -36,9 +38,9 @@ def save_image(path: str, image: np.ndarray, *, scale: int = 1) -> str:
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
   if scale > 1:
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  pil.save(path)
-  return path
+  buffer = io.BytesIO()
+  pil.save(buffer, format="PNG")
+  return fileio.write_bytes(path, buffer.getvalue())
 
 
 def save_grid(path: str, images, *, ncol: int | None = None) -> str:
@@ -92,7 +94,7 @@ def plot_bound(path: str, report: dict) -> str:
   fig.suptitle(f"{report.get('split', '')} split, {report['num_examples']} images, step "
                f"{report.get('checkpoint_step', '?')}, {report.get('params', '')} params", fontsize=10)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
-  return path
+  return fileio.write_bytes(path, buffer.getvalue())

@@ -26,11 +26,13 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 def resolve_data_dir(data_dir=None):
-  """Returns the absolute data dir: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """Returns the absolute data dir (or gs:// URL): `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   if data_dir is None or data_dir == "":
     data_dir = os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
   if not isinstance(data_dir, (str, os.PathLike)):
     raise TypeError(f"data_dir must be a path (str or os.PathLike) or None; got {data_dir!r}")
+  if "://" in os.fspath(data_dir):  # gs://bucket/tensorflow_datasets: tfds reads it through etils.epath
+    return os.fspath(data_dir).rstrip("/")
   return os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
 
 
@@ -59,7 +61,15 @@ def get_builder(name, *, data_dir=None):
   if name == mnist5k.NAME:
     builder = mnist5k.Mnist5k(data_dir=data_dir)
     if not builder.is_prepared():
-      builder.download_and_prepare()  # local asset only: no network, no TensorFlow
+      try:
+        builder.download_and_prepare()  # local asset only: no network, no TensorFlow
+      except FileExistsError:
+        # Several processes sharing a data dir (a multi-process run on one host, or a shared filesystem)
+        # race to prepare it; tfds renames a finished folder into place atomically, so an existing
+        # destination means another process has prepared it.
+        builder = mnist5k.Mnist5k(data_dir=data_dir)
+        if not builder.is_prepared():
+          raise
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
