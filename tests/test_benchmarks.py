@@ -115,3 +115,28 @@ def test_bad_override_names_the_field():
     train_throughput.main(["--set", "model.chanels=64"])
   with pytest.raises(ValueError, match=r"--num_devices=99 is invalid"):
     train_throughput.main(["--num_devices", "99"])
+
+
+def test_ablation_runs_a_row_and_writes_its_table(data_root, tmp_path):
+  """One row of benchmarks/ablation.py end to end with tiny shapes (train → eval → table); a rerun reuses it."""
+  from benchmarks import ablation  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "abl"
+  argv = ["--out", str(out), "--rows", "eps_simple", "--num_steps", "2", "--batch_size", "8",
+          "--num_samples", "4", "--set", f"data.data_dir={data_root / 'tfds'}", "--set", "model.ch_mult=(1,)",
+          "--set", "model.attn_resolutions=()", "--set", "diffusion.num_timesteps=10",
+          "--set", "train.num_grid_samples=4", "--set", "train.checkpoint_every=2",
+          "--set", "eval.num_examples=8", "--set", "eval.batch_size=8", "--set", "sample.batch_size=8"]
+  (entry,) = ablation.main(argv)
+  assert entry["status"] == "stable", entry
+  assert entry["bpd"] > 0 and entry["mnist_fd"] > 0 and 1.0 <= entry["mnist_is"] <= 10.0
+  assert (out / "eps_simple.png").exists()
+  table = (out / "ablation.md").read_text().splitlines()
+  assert table[0].startswith("| row | test bits/dim") and "L_simple" in table[2] and "eps_simple.png" in table[2]
+  assert ablation.main(argv)[0] == entry  # done rows are not rerun
+
+
+def test_ablation_rejects_unknown_rows(capsys):
+  from benchmarks import ablation  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    ablation.parse_args(["--out", "/tmp/x", "--rows", "mu_vlb_fixed,nope"])
+  assert "unknown row(s) ['nope']" in capsys.readouterr().err

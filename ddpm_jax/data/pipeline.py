@@ -43,9 +43,10 @@ def get_default_data_config():
   """Returns the data ConfigDict with its defaults (the bundled digits, in-process loading)."""
   return ml_collections.ConfigDict({
       "name": mnist5k.NAME,  # 'mnist5k' or any tfds name prepared as ArrayRecord, e.g. 'cifar10'
-      "data_dir": None,  # None -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+      # Typed references, so that `--config.data.data_dir=...` / `--config.data.image_size=...` can set them.
+      "data_dir": ml_collections.FieldReference(None, field_type=str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       "random_flip": False,  # the original flipped CIFAR-10/CelebA-HQ/LSUN; never flip digits
-      "image_size": None,  # None keeps the stored size; an int center-crops and resizes to it
+      "image_size": ml_collections.FieldReference(None, field_type=int),  # None: stored size; int: crop+resize
       "num_workers": 0,  # grain worker processes; 0 reads in this process (the CPU default)
       "train_split": "train",
       "eval_split": "test",
