@@ -2,6 +2,7 @@
 exact resume, overfitting a fixed batch, the sharded step against one device, divergence and config errors."""
 
 import json
+import math
 import os
 
 import jax
@@ -53,6 +54,7 @@ def test_overfits_a_fixed_batch(data_root):
   config = _tiny_config(data_root)
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 0
+  config.optim.lr_schedule = "constant"  # the mnist configs anneal to 0 at train.num_steps (20 here)
   config.optim.ema_decay = 0.0
   exp = train.Experiment(config)
   state = exp.init_state()
@@ -69,6 +71,23 @@ def test_overfits_a_fixed_batch(data_root):
     state, metrics = step(state, batch)
   after = float(fixed_loss(state.params))
   assert np.isfinite(after) and after < 0.05 * before, (before, after)
+
+
+def test_learning_rate_schedules_against_closed_forms():
+  config = config_lib.default_config()
+  config.optim.learning_rate, config.optim.warmup_steps, config.train.num_steps = 1e-3, 10, 110
+  constant = train.learning_rate_schedule(config)
+  config.optim.lr_schedule = "cosine"
+  cosine = train.learning_rate_schedule(config)
+  for step in (0, 5, 10, 35, 60, 85, 110, 200):
+    ramp = min(step / 10, 1.0)
+    frac = min(max((step - 10) / 100, 0.0), 1.0)
+    assert float(constant(step)) == pytest.approx(1e-3 * ramp, rel=1e-6, abs=1e-12)
+    assert float(cosine(step)) == pytest.approx(1e-3 * ramp * 0.5 * (1 + math.cos(math.pi * frac)),
+                                                rel=1e-5, abs=1e-10)
+  config.optim.lr_schedule = "step"
+  with pytest.raises(ValueError, match=r"config.optim.lr_schedule='step'.*'cosine'"):
+    config_lib.validate_config(config)
 
 
 def test_sharded_step_equals_single_device_step(data_root):
