@@ -18,6 +18,11 @@ from ddpm_jax import resample
 from ddpm_jax.data import pipeline as data_pipeline
 
 
+# optim.lr_schedule: the original's warm-up then constant, or warm-up then cosine decay to 0
+# (ddpm_jax.train.learning_rate_schedule).
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The original DDPM CIFAR-10 recipe (Ho et al. 2020, App. B), μ-parameterized and trained on the bound."""
   config = ml_collections.ConfigDict()
@@ -202,7 +207,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_float(config, "optim.beta2", 0.0, 1.0, high_open=True)
   _check_float(config, "optim.eps", 0.0, 1.0, low_open=True)
   _check_int(config, "optim.warmup_steps", 0)
-  _check_choice(config, "optim.lr_schedule", ("constant", "cosine"))
+  _check_choice(config, "optim.lr_schedule", LR_SCHEDULES)
   _check_float(config, "optim.grad_clip", 0.0, float("inf"), high_open=True)
   _check_float(config, "optim.ema_decay", 0.0, 1.0)
 

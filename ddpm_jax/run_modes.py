@@ -166,33 +166,19 @@ def bpd(config, workdir: str, *, step: int | None = None) -> dict:
   use_ema = config.eval.use_ema
   params = _params(state, use_ema)
   fn = train.make_bound_terms_fn(config, exp.model, exp.diffusion)
-  key = jax.random.PRNGKey(config.seed + 2)
-  sharding.check_batch_size(config.eval.batch_size, exp.mesh, field="eval.batch_size")
-  it = data_pipeline.create_eval_iterator(config.data, split=config.data.eval_split,
-                                          batch_size=config.eval.batch_size)
   T = exp.diffusion.num_timesteps
   terms_sum, terms_sq_sum = np.zeros(T), np.zeros(T)
   mse_sum, rmse_sum = np.zeros(T), np.zeros(T)
   totals, priors = [], []
-  limit = config.eval.num_examples
-  with tqdm.tqdm(desc="full bound", unit="img", disable=not _is_main(), leave=False) as bar:
-    for i, batch in enumerate(it):
-      mask = batch.pop("mask")
-      out = fn(params, sharding.global_batch(batch, exp.mesh), jax.random.fold_in(key, i))
-      out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True), np.float64) for k, v in out.items()}
-      keep = np.asarray(multihost_utils.process_allgather(np.asarray(mask), tiled=True)).astype(bool)
-      if limit:
-        keep &= np.cumsum(keep) <= limit - len(totals)
-      terms = out["terms_bpd"][keep]
-      terms_sum += terms.sum(0)
-      terms_sq_sum += (terms ** 2).sum(0)
-      mse_sum += out["mse"][keep].sum(0)
-      rmse_sum += (np.sqrt(out["mse"][keep]) * 127.5).sum(0)
-      totals.extend(out["total_bpd"][keep].tolist())
-      priors.extend(out["prior_bpd"][keep].tolist())
-      bar.update(int(keep.sum()))
-      if limit and len(totals) >= limit:
-        break
+  for out in train.eval_split_outputs(config, fn, params, exp.mesh, key=jax.random.PRNGKey(config.seed + 2),
+                                      num_examples=config.eval.num_examples, desc="full bound"):
+    out = {k: v.astype(np.float64) for k, v in out.items()}
+    terms_sum += out["terms_bpd"].sum(0)
+    terms_sq_sum += (out["terms_bpd"] ** 2).sum(0)
+    mse_sum += out["mse"].sum(0)
+    rmse_sum += (np.sqrt(out["mse"]) * 127.5).sum(0)
+    totals.extend(out["total_bpd"].tolist())
+    priors.extend(out["prior_bpd"].tolist())
   report = bound_report(terms_sum, terms_sq_sum, mse_sum, rmse_sum, np.asarray(totals), np.asarray(priors))
   ckpt_step = int(state.step)
   report = {"checkpoint_step": ckpt_step, "split": config.data.eval_split,

@@ -88,9 +88,6 @@ def create_sampling_diffusion(config, diffusion: diffusion_lib.GaussianDiffusion
   return diffusion
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
   """The learning rate at a step.
 
@@ -102,8 +99,9 @@ def learning_rate_schedule(config) -> Callable[[jax.Array], jax.Array]:
   """
   lr, warmup = config.optim.learning_rate, config.optim.warmup_steps
   kind = config.optim.get("lr_schedule", "constant")
-  if kind not in LR_SCHEDULES:
-    raise ValueError(f"config.optim.lr_schedule={kind!r} is not supported; choose one of {LR_SCHEDULES}.")
+  if kind not in config_lib.LR_SCHEDULES:
+    raise ValueError(f"config.optim.lr_schedule={kind!r} is not supported; choose one of "
+                     f"{config_lib.LR_SCHEDULES}.")
   if kind == "constant":
     if warmup == 0:
       return optax.constant_schedule(lr)
@@ -253,6 +251,18 @@ def generate_samples(sample_fn, params, *, key, num_samples: int, batch_size: in
   return np.concatenate(out)[:num_samples]
 
 
+def _bound_terms(config, model, diffusion):
+  """terms(params, batch, key) -> `calc_bpd_loop`'s dict for a batch (not jitted; shared below)."""
+  def terms(params, batch, key):
+    y = batch["label"] if model.num_classes is not None else None
+
+    def model_fn(xt, timesteps):
+      return model.apply({"params": params}, xt, timesteps, y, train=False)
+    return diffusion.calc_bpd_loop(model_fn, batch["image"], key=key, clip_denoised=config.eval.clip_denoised)
+
+  return terms
+
+
 def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
   """→ bpd(params, batch, key) -> per-example bits/dim [B].
 
@@ -260,6 +270,9 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
   Otherwise an unbiased estimate of the same quantity from K timesteps per example drawn uniformly:
   L_T + T · mean_k L_{t_k} (K = eval.timesteps_per_example), much cheaper and used while training.
   """
+  if full_bound:
+    terms = _bound_terms(config, model, diffusion)
+    return jax.jit(lambda params, batch, key: terms(params, batch, key)["total_bpd"])
   k = config.eval.timesteps_per_example
 
   def bpd(params, batch, key):
@@ -268,8 +281,6 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
 
     def model_fn(xt, timesteps):
       return model.apply({"params": params}, xt, timesteps, y, train=False)
-    if full_bound:
-      return diffusion.calc_bpd_loop(model_fn, x, key=key, clip_denoised=config.eval.clip_denoised)["total_bpd"]
 
     def term(_, key_i):
       t_key, n_key = jax.random.split(key_i)
@@ -287,14 +298,7 @@ def make_bpd_fn(config, model, diffusion, *, full_bound: bool):
 def make_bound_terms_fn(config, model, diffusion):
   """→ terms(params, batch, key) -> `calc_bpd_loop`'s dict: total_bpd [B], prior_bpd [B], terms_bpd [B, T],
   mse [B, T] (per-timestep ‖x̂_0 − x_0‖² on the [-1, 1] scale), for `--mode bpd`."""
-  def terms(params, batch, key):
-    y = batch["label"] if model.num_classes is not None else None
-
-    def model_fn(xt, timesteps):
-      return model.apply({"params": params}, xt, timesteps, y, train=False)
-    return diffusion.calc_bpd_loop(model_fn, batch["image"], key=key, clip_denoised=config.eval.clip_denoised)
-
-  return jax.jit(terms)
+  return jax.jit(_bound_terms(config, model, diffusion))
 
 
 def bpd_method(config) -> str:
@@ -303,28 +307,33 @@ def bpd_method(config) -> str:
           f"unbiased estimate, {config.eval.timesteps_per_example} timesteps/example")
 
 
-def evaluate_bpd(config, bpd_fn, params, mesh, *, key, num_examples: int = 0, desc: str | None = None):
-  """Bits/dim over the eval split: mean and standard error over examples, and how many were used."""
+def eval_split_outputs(config, fn, params, mesh, *, key, num_examples: int = 0, desc: str | None = None):
+  """Yields `fn(params, batch, fold_in(key, i))` for each batch i of `data.eval_split`, gathered to host
+  NumPy (every leaf [B, ...]), keeping only real examples (not the padding of the last batch), at most
+  `num_examples` in all (0: the whole split)."""
   batch_size = config.eval.batch_size
   sharding.check_batch_size(batch_size, mesh, field="eval.batch_size")
   it = data_pipeline.create_eval_iterator(config.data, split=config.data.eval_split, batch_size=batch_size)
-  values = []
   seen = 0
-  with tqdm.tqdm(desc=desc, disable=desc is None or jax.process_index() != 0, leave=False) as bar:
+  with tqdm.tqdm(desc=desc, unit="img", disable=desc is None or jax.process_index() != 0, leave=False) as bar:
     for i, batch in enumerate(it):
       mask = np.asarray(batch.pop("mask"))
-      arrays = sharding.global_batch(batch, mesh)
-      per_example = bpd_fn(params, arrays, jax.random.fold_in(key, i))
-      per_example = np.asarray(multihost_utils.process_allgather(per_example, tiled=True))
-      full_mask = np.asarray(multihost_utils.process_allgather(mask, tiled=True))
-      values.append(per_example[full_mask.astype(bool)])
-      seen += int(full_mask.sum())
-      bar.update(1)
+      out = fn(params, sharding.global_batch(batch, mesh), jax.random.fold_in(key, i))
+      out = jax.tree.map(lambda v: np.asarray(multihost_utils.process_allgather(v, tiled=True)), out)
+      keep = np.asarray(multihost_utils.process_allgather(mask, tiled=True)).astype(bool)
+      if num_examples:
+        keep &= np.cumsum(keep) <= num_examples - seen
+      seen += int(keep.sum())
+      bar.update(int(keep.sum()))
+      yield jax.tree.map(lambda v: v[keep], out)
       if num_examples and seen >= num_examples:
-        break
-  values = np.concatenate(values)
-  if num_examples:
-    values = values[:num_examples]
+        return
+
+
+def evaluate_bpd(config, bpd_fn, params, mesh, *, key, num_examples: int = 0, desc: str | None = None):
+  """Bits/dim over the eval split: mean and standard error over examples, and how many were used."""
+  values = np.concatenate(list(eval_split_outputs(config, bpd_fn, params, mesh, key=key,
+                                                  num_examples=num_examples, desc=desc)))
   return {"bpd": float(values.mean()), "bpd_stderr": float(values.std(ddof=1) / math.sqrt(len(values)))
           if len(values) > 1 else float("nan"), "num_examples": int(len(values))}
 
@@ -353,8 +362,8 @@ class MetricWriter:
       self._sync_seconds = sync_seconds
       self._last_sync = time.time()
 
-  def _maybe_sync(self, force=False):
-    if self._mirror.remote and (force or time.time() - self._last_sync >= self._sync_seconds):
+  def _maybe_sync(self):
+    if self._mirror.remote and time.time() - self._last_sync >= self._sync_seconds:
       self._tb.flush()
       self._mirror.sync()
       self._last_sync = time.time()
