@@ -39,12 +39,16 @@ def default_config() -> ml_collections.ConfigDict:
       name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
       resamp_with_conv=True, out_ch=ml_collections.FieldReference(None, field_type=int), num_classes=None,
       num_heads=1, num_head_channels=ml_collections.FieldReference(None, field_type=int),
-      use_scale_shift_norm=False, dtype="float32", remat=False))
+      use_scale_shift_norm=False, dtype="float32", remat=False,
+      output_scale=1.0,          # constant on the last conv's output (UNet.output_scale; 1: the original)
+      output_residual="none"))   # 'identity' / 'learned': a path from x_t to the output (UNet)
 
   # The diffusion (ddpm_jax.diffusion): T = 1000, linear β 1e-4 → 0.02, μ (xprev) + the true bound.
   config.diffusion = ml_collections.ConfigDict(dict(
       beta_schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-      mean_type="xprev", var_type="fixedlarge", loss_type="kl", timestep_sampler="uniform"))
+      mean_type="xprev", var_type="fixedlarge", loss_type="kl", timestep_sampler="uniform",
+      mse_weight="none",         # xprev + mse: λ_t of λ_t‖μ̃_t − μ_θ‖² (diffusion.MSE_WEIGHTS)
+      min_snr_gamma=5.0))        # γ of mse_weight='min_snr'
 
   # Adam 2e-4 (eps 1e-8), linear warm-up over 5000 steps, global-norm clip 1.0, EMA 0.9999.
   config.optim = ml_collections.ConfigDict(dict(
@@ -201,6 +205,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "diffusion.var_type", diffusion_lib.VAR_TYPES)
   _check_choice(config, "diffusion.loss_type", diffusion_lib.LOSS_TYPES)
   _check_choice(config, "diffusion.timestep_sampler", resample.SAMPLERS)
+  _check_choice(config, "diffusion.mse_weight", diffusion_lib.MSE_WEIGHTS)
+  _check_float(config, "diffusion.min_snr_gamma", 0.0, float("inf"), low_open=True, high_open=True)
+  if config.diffusion.mse_weight != "none":
+    if diffusion_lib.MEAN_TYPES.get(config.diffusion.mean_type) != "xprev":
+      _fail("diffusion.mse_weight", config.diffusion.mse_weight,
+            f"'none' with diffusion.mean_type={config.diffusion.mean_type!r} (a μ-space weight needs 'xprev')")
+    if config.diffusion.loss_type not in ("mse", "rescaled_mse"):
+      _fail("diffusion.mse_weight", config.diffusion.mse_weight,
+            f"'none' with diffusion.loss_type={config.diffusion.loss_type!r} (it weighs the 'mse' loss)")
+    if config.diffusion.mse_weight == "kl" and config.diffusion.var_type not in ("fixedlarge", "fixedsmall"):
+      _fail("diffusion.mse_weight", "kl", f"a fixed diffusion.var_type (got {config.diffusion.var_type!r}) "
+            "or another weight")
 
   _check_float(config, "optim.learning_rate", 0.0, 1.0, low_open=True)
   _check_float(config, "optim.beta1", 0.0, 1.0, high_open=True)
@@ -253,6 +269,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if out_ch is not None and not _is_int(out_ch):
     _fail("model.out_ch", out_ch, "None (derived from the data) or an integer")
   _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
+  _check_float(config, "model.output_scale", 0.0, float("inf"), low_open=True, high_open=True)
+  _check_choice(config, "model.output_residual", ("none", "identity", "learned"))
 
 
 def model_out_channels(config: ml_collections.ConfigDict, image_channels: int) -> int:

@@ -51,6 +51,8 @@ BETA_SCHEDULES = ("linear", "quad", "warmup10", "warmup50", "const", "jsd", "cos
 MEAN_TYPES = {"xprev": "xprev", "mu": "xprev", "xstart": "xstart", "x0": "xstart", "eps": "eps"}
 VAR_TYPES = ("fixedsmall", "fixedlarge", "learned", "learned_range")
 LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
+# Weights λ_t of the μ-space squared error λ_t·‖μ̃_t − μ_θ‖² (`mse_weight`; `GaussianDiffusion.mse_weights`).
+MSE_WEIGHTS = ("none", "eps", "x0", "kl", "min_snr")
 
 _LOG2 = math.log(2.0)
 
@@ -254,13 +256,29 @@ class GaussianDiffusion:
       network's mean target; with a learned variance, the hybrid L_simple + L_vb of Improved DDPM with the
       bound computed on a stop-gradient mean) or `rescaled_mse` (the same with L_vb × T/1000).
 
+    mse_weight: the weight over t of the mean's squared error when the network predicts μ (`xprev`) and
+      `loss_type` is `mse`/`rescaled_mse`; see `mse_weights`. Other mean types accept only `none`.
+    min_snr_gamma: γ of the `min_snr` weight.
+
   Attributes are float64 NumPy tables of length T named as in the original code.
   """
 
-  def __init__(self, betas, *, mean_type: str, var_type: str, loss_type: str):
+  def __init__(self, betas, *, mean_type: str, var_type: str, loss_type: str, mse_weight: str = "none",
+               min_snr_gamma: float = 5.0):
     self.mean_type = _canonical("mean_type", mean_type, MEAN_TYPES)
     self.var_type = _canonical("var_type", var_type, VAR_TYPES)
     self.loss_type = _canonical("loss_type", loss_type, LOSS_TYPES)
+    self.mse_weight = _canonical("mse_weight", mse_weight, MSE_WEIGHTS)
+    if self.mse_weight != "none" and self.mean_type != "xprev":
+      raise ValueError(f"GaussianDiffusion: mse_weight={mse_weight!r} weighs a μ-space error and needs "
+                       f"mean_type='xprev' (got {self.mean_type!r}); use mse_weight='none'.")
+    if self.mse_weight == "kl" and self.var_type not in ("fixedsmall", "fixedlarge"):
+      raise ValueError(f"GaussianDiffusion: mse_weight='kl' is 1/(2σ_t²) of a fixed variance; var_type="
+                       f"{self.var_type!r} is learned. Use fixedsmall or fixedlarge, or another weight.")
+    if not (isinstance(min_snr_gamma, (int, float)) and math.isfinite(min_snr_gamma) and min_snr_gamma > 0):
+      raise ValueError(f"GaussianDiffusion: min_snr_gamma={min_snr_gamma!r} is invalid: expected a positive "
+                       "number (Hang et al. 2023 use 5).")
+    self.min_snr_gamma = float(min_snr_gamma)
 
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.shape[0] < 1:
@@ -306,10 +324,44 @@ class GaussianDiffusion:
     self._model_coef2 = self.posterior_mean_coef2
     self._xprev_is_native = np.ones(self.num_timesteps, dtype=bool)
     self._f32_cache: dict[str, np.ndarray] = {}
+    self.mse_weights = self._mse_weight_table(self.mse_weight)
+
+  def _mse_weight_table(self, kind: str) -> np.ndarray:
+    r"""λ_t, the float64 weight [T] of the μ-space error ‖μ̃_t − μ_θ‖² (mean over dimensions) at each t.
+
+    With μ̃_t = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t = coef1_t·x_0 + coef2_t·x_t (DDPM eqs. 7, 11), a prediction μ_θ
+    corresponds at fixed x_t to ε̂ and x̂_0 with μ_θ − μ̃_t = −β_t/(√α_t √(1−ᾱ_t))·(ε̂ − ε) = coef1_t·(x̂_0 − x_0).
+      * `none`:    λ_t = 1 (DDPM Table 2's "‖μ̃ − μ_θ‖²", unstable on CIFAR-10).
+      * `eps`:     λ_t = α_t (1−ᾱ_t) / β_t², so λ_t‖μ̃_t − μ_θ‖² = ‖ε − ε̂‖²: L_simple (DDPM eq. 14) in μ-space.
+      * `x0`:      λ_t = 1 / coef1_t², so λ_t‖μ̃_t − μ_θ‖² = ‖x_0 − x̂_0‖².
+      * `kl`:      λ_t = 1 / (2 σ_t² ln 2) with σ_t² the fixed variance of p_θ at t (β_t or β̃_t, with the
+                   t = 0 substitution of the log-variance): for t > 0 the bound's term L_{t−1} in bits is
+                   λ_t‖μ̃_t − μ_θ‖² plus a constant (DDPM eq. 8); at t = 0 it stands in for the decoder.
+      * `min_snr`: λ_t = α_t (1−ᾱ_t)/β_t² · min(SNR_t, γ)/SNR_t with SNR_t = ᾱ_t/(1−ᾱ_t): the min-SNR-γ
+                   weighting of Hang et al. 2023 (ε-loss weight min(SNR, γ)/SNR) written for μ.
+    """
+    alphas = 1.0 - self.betas
+    eps_w = alphas * (1.0 - self.alphas_cumprod) / np.square(self.betas)
+    if kind == "none":
+      return np.ones_like(self.betas)
+    if kind == "eps":
+      return eps_w
+    if kind == "x0":
+      return 1.0 / np.square(self.posterior_mean_coef1)
+    if kind == "kl":
+      log_var = (self._fixedlarge_log_variance if self.var_type == "fixedlarge"
+                 else self.posterior_log_variance_clipped)
+      return 1.0 / (2.0 * np.exp(log_var) * _LOG2)
+    if kind == "min_snr":
+      with np.errstate(divide="ignore"):
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+      return eps_w * np.minimum(snr, self.min_snr_gamma) / snr
+    raise ValueError(f"mse_weight={kind!r} is not accepted; choose one of {', '.join(MSE_WEIGHTS)}.")
 
   def __repr__(self):
+    extra = f", mse_weight={self.mse_weight!r}" if self.mse_weight != "none" else ""
     return (f"{type(self).__name__}(T={self.num_timesteps}, mean_type={self.mean_type!r}, "
-            f"var_type={self.var_type!r}, loss_type={self.loss_type!r})")
+            f"var_type={self.var_type!r}, loss_type={self.loss_type!r}{extra})")
 
   # --- gathering ------------------------------------------------------------------------------------------
 
@@ -566,7 +618,8 @@ class GaussianDiffusion:
     [B] with a learned variance):
       * `kl`: L_t of `vb_terms_bpd` (bits), with clip_denoised=False; `rescaled_kl`: × T.
       * `mse`: ‖target - output‖² averaged over dimensions, target = x_{t-1}'s posterior mean μ̃_t (xprev),
-        x_0 (xstart) or ε (eps). With a learned variance the hybrid loss of Improved DDPM §3.1:
+        x_0 (xstart) or ε (eps); for xprev multiplied by λ_t of `mse_weight` (`_mse_weight_table`).
+        With a learned variance the hybrid loss of Improved DDPM §3.1:
         mse + L_vb with L_vb computed on stop_gradient(mean output), so that L_vb trains only the variance;
         `rescaled_mse` scales that L_vb by T/1000.
     """
@@ -598,6 +651,8 @@ class GaussianDiffusion:
       target = noise
     chex.assert_equal_shape([target, mean_out])
     terms["mse"] = mean_flat(jnp.square(target - mean_out))
+    if self.mse_weight != "none":
+      terms["mse"] = terms["mse"] * self._extract("mse_weights", t, terms["mse"])
     terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
     return terms
 
@@ -775,7 +830,8 @@ class GaussianDiffusion:
       new_betas.append(1.0 - self.alphas_cumprod[i] / last_alpha_cumprod)
       last_alpha_cumprod = self.alphas_cumprod[i]
     spaced = GaussianDiffusion(np.asarray(new_betas), mean_type=self.mean_type, var_type=self.var_type,
-                               loss_type=self.loss_type)
+                               loss_type=self.loss_type, mse_weight=self.mse_weight,
+                               min_snr_gamma=self.min_snr_gamma)
     kept_arr = np.asarray(kept, dtype=np.int64)
     spaced.timestep_map = self.timestep_map[kept_arr]
     spaced.original_num_timesteps = self.original_num_timesteps
@@ -789,11 +845,13 @@ class GaussianDiffusion:
 
 def create_diffusion(*, beta_schedule: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
                      beta_end: float = 0.02, mean_type: str = "xprev", var_type: str = "fixedlarge",
-                     loss_type: str = "kl", timestep_respacing: Any = None) -> GaussianDiffusion:
+                     loss_type: str = "kl", timestep_respacing: Any = None, mse_weight: str = "none",
+                     min_snr_gamma: float = 5.0) -> GaussianDiffusion:
   """Builds a (possibly respaced) GaussianDiffusion from schedule and parameterization names."""
   betas = get_beta_schedule(beta_schedule, num_timesteps=num_timesteps, beta_start=beta_start,
                             beta_end=beta_end)
-  diffusion = GaussianDiffusion(betas, mean_type=mean_type, var_type=var_type, loss_type=loss_type)
+  diffusion = GaussianDiffusion(betas, mean_type=mean_type, var_type=var_type, loss_type=loss_type,
+                                mse_weight=mse_weight, min_snr_gamma=min_snr_gamma)
   if timestep_respacing:
     diffusion = diffusion.respace(space_timesteps(num_timesteps, timestep_respacing))
   return diffusion

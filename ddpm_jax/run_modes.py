@@ -217,6 +217,7 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
     splits = 10 if num_samples >= 100 else 1
     score = mnist_classifier.mnist_is(uint8, splits=splits)
     metrics["mnist_is"] = score["mnist_is"]
+    metrics["mnist_confident"] = mnist_classifier.confident_fraction(uint8)["mnist_confident"]
   if weights:
     metrics.update(_inception_metrics(config, uint8, exp.mesh))
   metrics["sampler"] = _sampler_tag(config)

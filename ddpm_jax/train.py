@@ -73,7 +73,8 @@ def create_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.Gaussia
   d = config.diffusion
   return diffusion_lib.create_diffusion(
       beta_schedule=d.beta_schedule, num_timesteps=d.num_timesteps, beta_start=d.beta_start,
-      beta_end=d.beta_end, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type)
+      beta_end=d.beta_end, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type,
+      mse_weight=d.get("mse_weight", "none"), min_snr_gamma=d.get("min_snr_gamma", 5.0))
 
 
 def create_sampling_diffusion(config, diffusion: diffusion_lib.GaussianDiffusion):

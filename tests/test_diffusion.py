@@ -767,3 +767,102 @@ def test_public_functions_jit_and_vmap():
     per_example = jax.vmap(lambda *a: f(*(v[None] for v in a)))(*args)
     per_example = jax.tree.map(lambda y: y[:, 0], per_example)
     chex.assert_trees_all_close(per_example, eager, rtol=1e-3, atol=1e-5, custom_message=name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# μ-space loss weights (mse_weight), each against a route through the float64 references.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _mu_error_pair(betas, t, rng, *, delta_eps=None, delta_x0=None):
+  """(‖Δμ‖², ‖Δε‖², ‖Δx̂_0‖²) for a prediction perturbed in ε or in x_0, μ formed by Bayes' rule."""
+  m, v = ref.marginal_moments(betas, t)
+  x0 = rng.uniform(-1, 1, size=16)
+  eps = rng.normal(size=16)
+  xt = m * x0 + math.sqrt(v) * eps
+  if delta_eps is not None:
+    eps_hat = eps + delta_eps
+    x0_hat = (xt - math.sqrt(v) * eps_hat) / m
+  else:
+    x0_hat = x0 + delta_x0
+    eps_hat = (xt - m * x0_hat) / math.sqrt(v)
+  mu_true, _ = ref.posterior(betas, t, x0, xt)
+  mu_hat, _ = ref.posterior(betas, t, x0_hat, xt)
+  return (np.sum((mu_hat - mu_true)**2), np.sum((eps_hat - eps)**2), np.sum((x0_hat - x0)**2))
+
+
+@pytest.mark.parametrize("schedule,T", [("linear", 1000), ("cosine", 100), ("linear", 25)])
+def test_mse_weights_against_bayes_rule_routes(schedule, T):
+  betas = D.get_beta_schedule(schedule, num_timesteps=T)
+  rng = _rng(3)
+  gamma = 5.0
+  tables = {w: D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedlarge", loss_type="mse",
+                                   mse_weight=w, min_snr_gamma=gamma).mse_weights for w in D.MSE_WEIGHTS}
+  small = D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedsmall", loss_type="mse",
+                              mse_weight="kl").mse_weights
+  ac = ref.alphas_cumprod(betas)
+  for t in sorted({0, 1, T // 3, T // 2, T - 2, T - 1}):
+    d_mu, d_eps, _ = _mu_error_pair(betas, t, rng, delta_eps=rng.normal(size=16) * 0.1)
+    np.testing.assert_allclose(tables["eps"][t], d_eps / d_mu, rtol=1e-7)   # λ‖Δμ‖² = ‖Δε‖²
+    d_mu, _, d_x0 = _mu_error_pair(betas, t, rng, delta_x0=rng.normal(size=16) * 0.1)
+    np.testing.assert_allclose(tables["x0"][t], d_x0 / d_mu, rtol=1e-7)     # λ‖Δμ‖² = ‖Δx̂_0‖²
+    snr = ac[t] / (1 - ac[t])
+    np.testing.assert_allclose(tables["min_snr"][t], tables["eps"][t] * min(snr, gamma) / snr, rtol=1e-10)
+    assert tables["none"][t] == 1.0
+    if t > 0:
+      # The KL of two Gaussians with the same variance σ² minus the KL with the true mean: (Δμ)²/(2σ²).
+      for var_type, table in (("fixedlarge", tables["kl"]), ("fixedsmall", small)):
+        _, post_var = ref.posterior(betas, t, np.zeros(1), np.zeros(1))
+        sigma2 = betas[t] if var_type == "fixedlarge" else post_var
+        mu_a, mu_b = np.zeros(1), np.full(1, 0.3)
+        extra = ref.gaussian_kl(mu_a, post_var, mu_b, sigma2) - ref.gaussian_kl(mu_a, post_var, mu_a, sigma2)
+        np.testing.assert_allclose(table[t] * 0.09, extra[0] / math.log(2), rtol=1e-9)
+  # t = 0: σ² is the t = 1 posterior variance for both fixed types (the original's log-variance clip).
+  _, post_var1 = ref.posterior(betas, 1, np.zeros(1), np.zeros(1))
+  np.testing.assert_allclose(tables["kl"][0], 1 / (2 * post_var1 * math.log(2)), rtol=1e-9)
+
+
+def test_eps_weighted_mu_mse_equals_eps_mse_for_the_same_prediction():
+  """L_simple written in μ-space: the ε-equivalent weight makes an xprev network's loss the ε loss."""
+  T = 1000
+  mu_d = D.create_diffusion(mean_type="xprev", var_type="fixedsmall", loss_type="mse", mse_weight="eps")
+  x0_d = D.create_diffusion(mean_type="xprev", var_type="fixedsmall", loss_type="mse", mse_weight="x0")
+  eps_d = D.create_diffusion(mean_type="eps", var_type="fixedsmall", loss_type="mse")
+  xs_d = D.create_diffusion(mean_type="xstart", var_type="fixedsmall", loss_type="mse")
+  x0 = jnp.asarray(_data(1, (6, 4, 4, 2)))
+  noise = jnp.asarray(_rng(2).normal(size=x0.shape), jnp.float32)
+  eps_hat = jnp.asarray(noise + 0.3 * _rng(4).normal(size=x0.shape), jnp.float32)
+  t = jnp.array([0, 1, 17, 500, 998, T - 1], jnp.int32)
+  # The prediction in every space, built from ε̂ in float64 with the reference's marginal and posterior.
+  betas = mu_d.betas
+  mu_hat, x0_hat = np.zeros(x0.shape), np.zeros(x0.shape)
+  for i, ti in enumerate(np.asarray(t)):
+    m, v = ref.marginal_moments(betas, int(ti))
+    xt = m * np.asarray(x0[i], np.float64) + math.sqrt(v) * np.asarray(noise[i], np.float64)
+    x0_hat[i] = (xt - math.sqrt(v) * np.asarray(eps_hat[i], np.float64)) / m
+    mu_hat[i] = ref.posterior(betas, int(ti), x0_hat[i], xt)[0]
+  mu_hat, x0_hat = jnp.asarray(mu_hat, jnp.float32), jnp.asarray(x0_hat, jnp.float32)
+  loss_mu = mu_d.training_losses(lambda x, tt: mu_hat, x0, t, noise)["loss"]
+  loss_eps = eps_d.training_losses(lambda x, tt: eps_hat, x0, t, noise)["loss"]
+  np.testing.assert_allclose(loss_mu, loss_eps, rtol=2e-3)
+  loss_mu_x0 = x0_d.training_losses(lambda x, tt: mu_hat, x0, t, noise)["loss"]
+  loss_x0 = xs_d.training_losses(lambda x, tt: x0_hat, x0, t, noise)["loss"]
+  # float32 μ at t = 999 carries ~1e-7 absolute error, amplified by 1/coef1 ≈ 7.8e3 in x̂_0 space.
+  np.testing.assert_allclose(loss_mu_x0[:-2], loss_x0[:-2], rtol=2e-3)
+  np.testing.assert_allclose(loss_mu_x0[-2:], loss_x0[-2:], rtol=0.1)
+
+
+def test_mse_weight_is_refused_where_it_has_no_meaning():
+  betas = D.get_beta_schedule("linear", num_timesteps=10)
+  with pytest.raises(ValueError, match=r"mse_weight='bogus'.*none, eps, x0, kl, min_snr"):
+    D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedlarge", loss_type="mse", mse_weight="bogus")
+  with pytest.raises(ValueError, match=r"needs mean_type='xprev'"):
+    D.GaussianDiffusion(betas, mean_type="eps", var_type="fixedlarge", loss_type="mse", mse_weight="eps")
+  with pytest.raises(ValueError, match=r"fixed variance"):
+    D.GaussianDiffusion(betas, mean_type="xprev", var_type="learned", loss_type="mse", mse_weight="kl")
+  with pytest.raises(ValueError, match=r"min_snr_gamma=0"):
+    D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedlarge", loss_type="mse",
+                        mse_weight="min_snr", min_snr_gamma=0)
+  # A respaced chain keeps the weight.
+  d = D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedlarge", loss_type="mse", mse_weight="eps")
+  assert d.respace([0, 4, 9]).mse_weight == "eps"

@@ -158,6 +158,11 @@ def test_non_finite_loss_stops_with_step_and_last_checkpoint(data_root, tmp_path
     ("sample.steps", 5000, r"config.sample.steps=5000.*at most diffusion.num_timesteps=1000"),
     ("diffusion.timestep_sampler", "importance", r"timestep_sampler=.importance.*loss-second-moment"),
     ("model.dtype", "int8", r"config.model.dtype='int8'.*'bfloat16'"),
+    ("diffusion.mse_weight", "snr", r"config.diffusion.mse_weight='snr'.*'none', 'eps', 'x0', 'kl', 'min_snr'"),
+    ("diffusion.mse_weight", "eps", r"config.diffusion.mse_weight='eps'.*loss_type='kl'.*weighs the 'mse'"),
+    ("diffusion.min_snr_gamma", -1.0, r"config.diffusion.min_snr_gamma=-1.0.*\(0.0, inf\)"),
+    ("model.output_residual", "skip", r"config.model.output_residual='skip'.*'none', 'identity', 'learned'"),
+    ("model.output_scale", 0.0, r"config.model.output_scale=0.0.*\(0.0, inf\)"),
 ])
 def test_config_validation_errors(field, value, message):
   config = config_lib.default_config()
@@ -189,5 +194,9 @@ def test_every_shipped_config_is_valid():
     spec.loader.exec_module(module)
     for arg in (None, "runlocal"):
       config_lib.validate_config(module.get_config(arg))
+  config = config_lib.default_config()
+  config.diffusion.update(mean_type="eps", loss_type="mse", mse_weight="eps")
+  with pytest.raises(ValueError, match=r"mse_weight='eps'.*'none' with diffusion.mean_type='eps'"):
+    config_lib.validate_config(config)
   with pytest.raises(ValueError, match="variant 'fast' is not known"):
     config_lib.apply_variants(config_lib.default_config(), "fast")

@@ -264,3 +264,21 @@ def mnist_is(images, *, splits=10):
   _, probs = classifier_features_and_probs(images)
   mean, std = frechet.inception_score(probs, splits=splits)
   return {"mnist_is": mean, "mnist_is_std": std, "splits": int(splits), "n": int(probs.shape[0])}
+
+
+def confident_fraction(images, *, threshold=0.9):
+  """The fraction of `images` the shipped classifier assigns to one digit with probability > `threshold`:
+  a plain-language companion to MNIST-IS (how many samples read as a clear digit).
+
+  Args:
+    images: [N, 28, 28, 1], N ≥ 1; uint8 0..255 or float in [-1, 1].
+    threshold: in (0, 1).
+
+  Returns:
+    {'mnist_confident': fraction in [0, 1], 'threshold': threshold, 'n': N}.
+  """
+  if not 0.0 < threshold < 1.0:
+    raise ValueError(f"threshold={threshold!r} is invalid: expected a probability in (0, 1).")
+  _, probs = classifier_features_and_probs(images)
+  frac = float(np.mean(np.max(probs, axis=-1) > threshold))
+  return {"mnist_confident": frac, "threshold": float(threshold), "n": int(probs.shape[0])}

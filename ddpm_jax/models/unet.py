@@ -154,6 +154,14 @@ class UNet(nn.Module):
     dtype: computation dtype (e.g. jnp.bfloat16); norms and softmax stay float32, the output is float32.
     param_dtype: parameter dtype, float32.
     remat: rematerialise each res block in the backward pass (less memory, more compute).
+    output_scale: a constant s multiplying the last conv's output: out = s·conv_out(h). The last conv
+      starts near zero and its input is normalised, so under Adam (update size ≈ lr whatever the gradient
+      scale) s sets the output's scale as the last layer's learning rate would: s = 0.01 suits a network
+      whose output is ~1% of its input's scale, as a μ-network's correction to x_t is. 1 is the original.
+    output_residual: 'none' (the original), 'identity' (out = x + s·conv_out(h): the network learns the
+      change from x_t, a residual path of gain 1) or 'learned' (out = g·x + s·conv_out(h), one learned
+      scalar g per input channel, initialised at 1). With a learned variance (out_ch = 2C) the path feeds
+      the first C channels, the mean block. Needs out_ch ≥ C.
   """
   ch: int
   out_ch: int
@@ -169,6 +177,8 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  output_scale: float = 1.0
+  output_residual: str = 'none'
 
   def __post_init__(self):
     _check_fields(self)
@@ -235,7 +245,19 @@ class UNet(nn.Module):
     h = layers.swish(layers.GroupNorm(param_dtype=self.param_dtype, name='norm_out')(h))
     h = layers.Conv3x3(self.out_ch, init_scale=0.0, name='conv_out', **kw)(h)
     chex.assert_shape(h, (b, height, width, self.out_ch))
-    return h.astype(jnp.float32)
+    h = h.astype(jnp.float32)
+    if self.output_scale != 1.0:
+      h = h * jnp.float32(self.output_scale)
+    if self.output_residual != 'none':
+      c = x.shape[-1]
+      if self.out_ch < c:
+        raise ValueError(f'output_residual={self.output_residual!r} adds the {c}-channel input to the '
+                         f'output, but out_ch={self.out_ch} < {c}.')
+      skip = x.astype(jnp.float32)
+      if self.output_residual == 'learned':
+        skip = skip * self.param('residual_gain', nn.initializers.ones, (c,), self.param_dtype)
+      h = h.at[..., :c].add(skip)
+    return h
 
 
 def _check_fields(m: UNet) -> None:
@@ -268,17 +290,26 @@ def _check_fields(m: UNet) -> None:
   if m.num_head_channels is not None and (
       not isinstance(m.num_head_channels, (int, np.integer)) or m.num_head_channels < 1):
     bad('num_head_channels', m.num_head_channels, 'None or a positive int')
+  if (not isinstance(m.output_scale, (int, float, np.floating)) or isinstance(m.output_scale, bool)
+      or not np.isfinite(m.output_scale) or m.output_scale <= 0):
+    bad('output_scale', m.output_scale, 'a positive finite number (1.0: the original network)')
+  if m.output_residual not in OUTPUT_RESIDUALS:
+    bad('output_residual', m.output_residual, 'one of ' + ', '.join(repr(r) for r in OUTPUT_RESIDUALS))
   if jnp.dtype(m.param_dtype) != jnp.float32:
     bad('param_dtype', m.param_dtype, 'float32 (compute in lower precision with `dtype`)')
   if not jnp.issubdtype(jnp.dtype(m.dtype), jnp.floating):
     bad('dtype', m.dtype, 'a floating dtype such as float32 or bfloat16')
 
 
+# UNet.output_residual: no path, a gain-1 path, or a learned per-channel gain from x_t to the output.
+OUTPUT_RESIDUALS = ('none', 'identity', 'learned')
+
 # Fields of `config.model` that `unet_from_config` reads, with their defaults (None: required).
 _REQUIRED = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout', 'resamp_with_conv',
              'out_ch')
 _OPTIONAL = {'num_classes': None, 'num_heads': 1, 'num_head_channels': None,
-             'use_scale_shift_norm': False, 'dtype': 'float32', 'remat': False}
+             'use_scale_shift_norm': False, 'dtype': 'float32', 'remat': False, 'output_scale': 1.0,
+             'output_residual': 'none'}
 # Fields other parts of the project may keep in `config.model` that do not concern the network.
 _IGNORED = ('name',)
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -289,7 +320,8 @@ def unet_from_config(model_config: ml_collections.ConfigDict) -> UNet:
 
   Required fields: ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, out_ch.
   Optional: num_classes (None), num_heads (1), num_head_channels (None), use_scale_shift_norm (False),
-  dtype ('float32' | 'bfloat16' | 'float16'), remat (False). A 'name' field is ignored; any other field
+  dtype ('float32' | 'bfloat16' | 'float16'), remat (False), output_scale (1.0), output_residual
+  ('none'). A 'name' field is ignored; any other field
   is an error (it would otherwise be silently dropped).
   """
   fields = dict(model_config.items()) if hasattr(model_config, 'items') else None

@@ -237,3 +237,43 @@ def test_unet_from_config():
     unet_from_config(ml_collections.ConfigDict(dict(cfg.items(), dtype='fp8')))
   with pytest.raises(ValueError, match='UNet.dropout=1.5'):
     unet_from_config(ml_collections.ConfigDict(dict(cfg.items(), dropout=1.5)))
+
+
+def test_output_scale_and_residual_paths():
+  """out = g·x + s·conv_out(h) with g = 1 ('identity') or learned per channel (init 1), on the mean block."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.array([3, 700], jnp.int32)
+  base = UNet(**TINY)
+  params = jax.jit(base.init)(jax.random.key(0), x, t)['params']
+  params = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  f = np.asarray(base.apply({'params': params}, x, t), np.float64)
+  s = 0.01
+  scaled = UNet(**TINY, output_scale=s)
+  np.testing.assert_allclose(scaled.apply({'params': params}, x, t), s * f, rtol=1e-5, atol=1e-7)
+  ident = UNet(**TINY, output_scale=s, output_residual='identity')
+  np.testing.assert_allclose(ident.apply({'params': params}, x, t), np.asarray(x) + s * f, rtol=1e-5,
+                             atol=1e-6)
+  learned = UNet(**TINY, output_scale=s, output_residual='learned')
+  lparams = jax.jit(learned.init)(jax.random.key(0), x, t)['params']
+  np.testing.assert_array_equal(lparams['residual_gain'], np.ones(3, np.float32))
+  gain = jnp.array([0.5, 1.0, 2.0], jnp.float32)
+  out = learned.apply({'params': {**params, 'residual_gain': gain}}, x, t)
+  np.testing.assert_allclose(out, np.asarray(x) * np.asarray(gain) + s * f, rtol=1e-5, atol=1e-6)
+  # Learned variance (2C outputs): the path feeds only the mean block.
+  wide = dict(TINY, out_ch=6)
+  wparams = jax.jit(UNet(**wide).init)(jax.random.key(1), x, t)['params']
+  wf = np.asarray(UNet(**wide).apply({'params': wparams}, x, t))
+  wo = np.asarray(UNet(**wide, output_residual='identity').apply({'params': wparams}, x, t))
+  np.testing.assert_allclose(wo[..., :3], wf[..., :3] + np.asarray(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(wo[..., 3:], wf[..., 3:])
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('output_scale', 0.0, r'UNet.output_scale=0.0 is invalid: expected a positive finite number'),
+    ('output_residual', 'skip', r"UNet.output_residual='skip' is invalid: expected one of 'none', "
+                                r"'identity', 'learned'"),
+])
+def test_output_options_are_validated(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    UNet(**TINY, **{field: value})
