@@ -1,4 +1,5 @@
-"""x₀-prediction trained on the true bound (`kl`), fixed Σ, on the bundled digits, same budget as mnist_mu.py.
+"""x₀-prediction with ‖x₀ − x̂₀‖² on the bundled digits, same budget and chain as mnist_mu.py (T = 1000,
+100-step respaced sampling with Σ = β̃_t): a comparison row of the μ study.
 
   python -m ddpm_jax.main --config configs/mnist_x0.py --workdir runs/mnist_x0
 """
@@ -11,4 +12,4 @@ import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
-  return mnist_common.mnist_config("xstart", "fixedlarge", "kl", arg)
+  return mnist_common.mnist_config("xstart", "fixedsmall", "mse", arg)

@@ -277,3 +277,45 @@ def test_output_scale_and_residual_paths():
 def test_output_options_are_validated(field, value, match):
   with pytest.raises(ValueError, match=match):
     UNet(**TINY, **{field: value})
+
+
+@pytest.mark.parametrize('c', [32, 64, 96])
+def test_group_norm_values_and_written_out_gradient(c):
+  """layers.group_norm (sums as products with ones, hand-written VJP) against the textbook formula in float64
+  NumPy (values) and against finite differences of that formula (gradients along random directions)."""
+  rng = np.random.default_rng(c)
+  x = (rng.normal(size=(2, 4, 4, c)) * 2 + 1).astype(np.float32)
+  scale = rng.uniform(0.5, 1.5, size=c).astype(np.float32)
+  bias = rng.normal(size=c).astype(np.float32)
+  w = rng.normal(size=x.shape)
+
+  def ref(x, scale, bias):  # float64 NumPy: moments over H, W and each group's channels
+    xg = x.reshape(2, 4, 4, 32, c // 32)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+    return ((xg - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * scale + bias
+
+  args64 = [a.astype(np.float64) for a in (x, scale, bias)]
+  y = layers.group_norm(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias), 32, 1e-6)
+  np.testing.assert_allclose(y, ref(*args64), rtol=1e-5, atol=1e-5)
+  loss = lambda *a: float(np.sum(ref(*a) * w))
+  grads = jax.grad(lambda *a: jnp.sum(layers.group_norm(*a, 32, 1e-6) * w), argnums=(0, 1, 2))(
+      jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias))
+  for i, g in enumerate(grads):
+    direction = rng.normal(size=args64[i].shape)
+    h = 1e-4
+    plus = list(args64); plus[i] = args64[i] + h * direction
+    minus = list(args64); minus[i] = args64[i] - h * direction
+    fd = (loss(*plus) - loss(*minus)) / (2 * h)
+    np.testing.assert_allclose(np.sum(np.asarray(g, np.float64) * direction), fd, rtol=1e-3, atol=1e-3)
+
+
+def test_add_bias_gradient_is_the_sum_over_leading_axes():
+  rng = np.random.default_rng(0)
+  y = jnp.asarray(rng.normal(size=(3, 5, 5, 7)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=7), jnp.float32)
+  w = rng.normal(size=y.shape).astype(np.float32)
+  np.testing.assert_array_equal(layers.add_bias(y, b), y + b)
+  gy, gb = jax.grad(lambda y, b: jnp.sum(layers.add_bias(y, b) * w), argnums=(0, 1))(y, b)
+  np.testing.assert_array_equal(gy, w)
+  np.testing.assert_allclose(gb, w.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
