@@ -25,6 +25,8 @@ EXTRAS = {
     "cuda": ["jax[cuda12]>=0.10,<0.11"],
     # Only for importing the original TF checkpoints (ddpm_jax.models.convert); never needed at run time.
     "convert": ["tensorflow-cpu>=2.16"],
+    # Only for benchmarks/compare_torch.py (the PyTorch speed reference); never needed at run or test time.
+    "bench": ["torch>=2.4"],
 }
 
 setup(

@@ -4,6 +4,7 @@ the documented keys and types. No timing is asserted (the figures depend on the 
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,9 +12,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bpd_throughput  # noqa: E402
+from benchmarks import profile_step  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks import compare_torch  # noqa: E402  (imports without torch; only running it needs torch)
 from benchmarks import sampling  # noqa: E402
 from benchmarks import summarize  # noqa: E402
+from benchmarks import torch_reference  # noqa: E402
 from benchmarks import train_throughput  # noqa: E402
 
 # 8x8x3 images, a one-level U-Net (ch 32 is the least GroupNorm's 32 groups allow), no attention, T = 10
@@ -140,3 +144,65 @@ def test_ablation_rejects_unknown_rows(capsys):
   with pytest.raises(SystemExit):
     ablation.parse_args(["--out", "/tmp/x", "--rows", "mu_vlb_fixed,nope"])
   assert "unknown row(s) ['nope']" in capsys.readouterr().err
+
+
+def test_mu_study_runs_a_strict_mu_row_and_writes_its_table(data_root, tmp_path):
+  """One row of benchmarks/mu_study.py end to end with tiny shapes: its fields reach the run, the table
+  has every column the study reports."""
+  from benchmarks import mu_study  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "study"
+  argv = ["--out", str(out), "--rows", "mu_res_eps", "--steps", "2", "--num_samples", "4",
+          "--set", f"data.data_dir={data_root / 'tfds'}", "--set", "model.ch_mult=(1,)",
+          "--set", "model.attn_resolutions=()", "--set", "diffusion.num_timesteps=10", "--set", "sample.steps=5",
+          "--set", "train.batch_size=8", "--set", "train.num_grid_samples=4", "--set", "train.checkpoint_every=2",
+          "--set", "eval.num_examples=8", "--set", "eval.batch_size=8", "--set", "sample.batch_size=8"]
+  (entry,) = mu_study.main(argv)
+  assert entry["status"] == "stable", entry
+  assert entry["mu"] and entry["bpd"] > 0 and entry["mnist_fd"] > 0 and 0.0 <= entry["mnist_confident"] <= 1.0
+  assert "unbiased estimate" in entry["bpd_method"]
+  with open(out / "mu_res_eps" / "config.json", encoding="utf-8") as f:
+    config = json.load(f)
+  assert config["diffusion"]["mean_type"] == "xprev" and config["diffusion"]["mse_weight"] == "eps"
+  assert config["model"]["output_residual"] == "identity" and config["model"]["output_scale"] == 0.01
+  table = (out / "mu_study.md").read_text().splitlines()
+  assert table[0].startswith("| row | strict μ | MNIST-FD@4") and "confident" in table[0]
+  assert "| yes |" in table[2] and "mu_res_eps.png" in table[2]
+  with pytest.raises(SystemExit):
+    mu_study.parse_args(["--out", str(out), "--rows", "mu_res_eps,nope"])
+
+
+def test_torch_comparison_imports_without_torch_and_asks_for_it(monkeypatch, capsys):
+  """compare_torch.py / torch_reference.py import without torch; running them prints the install command."""
+  assert list(compare_torch.ROWS) == ["train_mnist", "train_cifar10", "sample_mnist", "sample_cifar10"]
+  assert compare_torch.parse_args([]).rows == list(compare_torch.ROWS)
+  assert compare_torch.parse_args(["--rows", "sample_mnist,train_mnist"]).rows == ["sample_mnist", "train_mnist"]
+  with pytest.raises(SystemExit):
+    compare_torch.parse_args(["--rows", "train_mnist,nope"])
+  assert "unknown row(s) ['nope']" in capsys.readouterr().err
+  assert torch_reference.KNOWN_PARAM_COUNTS == {"configs/mnist_mu.py": 1_112_801,
+                                                "configs/cifar10_mu_vlb_fixed.py": 35_746_307}
+  monkeypatch.setattr(torch_reference, "torch", None)
+  with pytest.raises(SystemExit, match=r'pip install -e "\.\[bench\]"'):
+    torch_reference.require_torch()
+
+  # The script itself, in a fresh interpreter where `import torch` fails (None in sys.modules hides torch
+  # whether or not this venv has it): it must stop before any work, with the message and a non-zero status.
+  script = os.path.join(common.REPO_ROOT, "benchmarks", "compare_torch.py")
+  code = ("import runpy, sys; sys.modules['torch'] = None; "
+          f"sys.argv = [{script!r}, '--rows', 'train_mnist']; runpy.run_path({script!r}, run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        cwd=common.REPO_ROOT, check=False)
+  assert proc.returncode != 0
+  assert 'pip install -e ".[bench]"' in proc.stderr, proc.stderr[-2000:]
+  assert "train_mnist" not in proc.stderr  # no row was started
+
+
+def test_profile_step_groups_the_traced_ops_by_kind(capsys):
+  record = profile_step.main(TINY + ["--batch_size", "2", "--steps", "1", "--top", "5"])
+  assert record["benchmark"] == "profile_step" and record["step_ms"] > 0
+  assert set(record["ms_by_kind"]) <= set(profile_step.KINDS) and sum(record["ms_by_kind"].values()) > 0
+  assert 1 <= len(record["top_ops"]) <= 5 and all(op["kind"] in profile_step.KINDS for op in record["top_ops"])
+  # A convolution layer's HLO is classified as one, whatever fusion it sits in.
+  inst = {"c.1": "f32[1,4,4,8]{3,2,1,0} convolution(%a, %b), window={size=3x3}"}
+  assert profile_step.classify("c.1", inst, {}) == "convolution"
+  assert "ms / step" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+r"""Where the time of the compiled train step goes: a per-op profile from JAX's profiler, grouped by kind.
+
+Builds the project's train step (`ddpm_jax.train.compile_train_step`, one step per call) for a config,
+times `--steps` calls, then records them under `jax.profiler` with a Perfetto trace and sums the duration
+of every compiled op (XLA fusion or library call) by name. Each op is classified from the optimized HLO
+(`compiled.as_text()`): convolution, dot, reduce, transpose/copy or elementwise, and the largest ones are
+listed with the JAX operation they came from (HLO `op_name` metadata). On XLA:CPU some library kernels
+(Eigen convolutions) do not appear as named ops; the gap between the step time and the traced total is
+reported as "untraced".
+
+  python benchmarks/profile_step.py --config configs/mnist_mu.py --batch_size 32
+  python benchmarks/profile_step.py --config configs/cifar10_mu_vlb_fixed.py --batch_size 8 --top 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ddpm_jax` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from ddpm_jax import train  # noqa: E402
+
+KINDS = ("convolution", "dot", "reduce", "transpose/copy", "elementwise")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  common.add_common_args(parser)
+  parser.add_argument("--batch_size", type=int, default=None, help="Global batch (config.train.batch_size).")
+  parser.add_argument("--steps", type=int, default=5, help="Profiled steps (after 2 untimed ones).")
+  parser.add_argument("--top", type=int, default=20, help="How many of the largest ops to list.")
+  args = parser.parse_args(argv)
+  if args.steps < 1:
+    parser.error(f"--steps={args.steps} is invalid: expected an integer >= 1.")
+  return args
+
+
+def _hlo_index(hlo_text: str):
+  """(instruction name -> its line, computation name -> its body) of an optimized HLO module."""
+  comps = {m.group(1): m.group(2) for m in
+           re.finditer(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)^\}", hlo_text, re.S | re.M)}
+  inst = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
+    if m:
+      inst[m.group(1)] = m.group(2)
+  return inst, comps
+
+
+def classify(name: str, inst, comps) -> str:
+  line = inst.get(name, "")
+  called = re.search(r"calls=%?([\w.\-]+)", line)
+  text = line + (comps.get(called.group(1), "") if called else "")
+  if "convolution(" in text:
+    return "convolution"
+  if "dot(" in text:
+    return "dot"
+  if "reduce(" in text or "reduce-window(" in text:
+    return "reduce"
+  if "transpose(" in text or "copy(" in text:
+    return "transpose/copy"
+  return "elementwise"
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  config, source = common.build_config(args, **{"train.batch_size": args.batch_size})
+  exp = common.build_experiment(config, args.num_devices)
+  state = common.init_state(exp)
+  step_fn = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+  batch = common.synthetic_batch(exp, config.train.batch_size, leading=(1,), seed=config.seed)
+  compiled = step_fn.lower(state, batch).compile()
+  inst, comps = _hlo_index(compiled.as_text())
+  for _ in range(2):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - start) / args.steps
+
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(args.steps):
+      state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    jax.profiler.stop_trace()
+    traces = glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True)
+    if not traces:
+      raise RuntimeError(f"jax.profiler wrote no Perfetto trace under {trace_dir}.")
+    with gzip.open(traces[0]) as f:
+      events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in inst:
+      per_op[e["name"]] += e["dur"] / 1e3 / args.steps  # ms per step
+  by_kind = collections.Counter()
+  for name, ms in per_op.items():
+    by_kind[classify(name, inst, comps)] += ms
+  traced = sum(by_kind.values())
+  rows = [(k, f"{by_kind[k]:.1f}", f"{100 * by_kind[k] / (step_s * 1e3):.0f}%") for k in KINDS]
+  rows.append(("untraced (library kernels, gaps)", f"{max(step_s * 1e3 - traced, 0):.1f}",
+               f"{100 * max(step_s * 1e3 - traced, 0) / (step_s * 1e3):.0f}%"))
+  table = common.format_table(("kind", "ms / step", "share"), rows)
+  top = []
+  for name, ms in per_op.most_common(args.top):
+    m = re.search(r'op_name="([^"]+)"', inst.get(name, ""))
+    shape = inst.get(name, "").split(" ", 1)[0]
+    top.append((f"{ms:.2f}", classify(name, inst, comps), name, shape, (m.group(1) if m else "")[-70:]))
+  record = {"benchmark": "profile_step", "source": source, "batch_size": config.train.batch_size,
+            "step_ms": step_s * 1e3, "images_per_sec": config.train.batch_size / step_s,
+            "ms_by_kind": dict(by_kind), "top_ops": [dict(zip(("ms", "kind", "op", "shape", "from"), t)) for t in top],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "env": common.environment(list(exp.mesh.devices.flat))}
+  print(f"step {step_s * 1e3:.1f} ms ({config.train.batch_size / step_s:.1f} images/s), {source}", file=sys.stderr)
+  print(table, file=sys.stderr)
+  print(common.format_table(("ms / step", "kind", "op", "shape", "from (JAX op)"), top), file=sys.stderr)
+  common.emit(record, "", None)
+  return record
+
+
+if __name__ == "__main__":
+  main()
