@@ -214,15 +214,20 @@ def main(argv=None) -> list[dict]:
   for row in chosen:
     entry = run_row(row, args)
     entries.append({**entry, "label": row.label, "paper": row.paper})  # the current wording, for reruns
+  write_outputs(args.out, "ablation", entries, table(entries, args), argv=argv, start=start)
+  return entries
+
+
+def write_outputs(out: str, stem: str, entries: list[dict], md: str, *, argv, start: float) -> None:
+  """Writes `<out>/<stem>.json` (the command, wall time and every row's entry) and `<out>/<stem>.md` (the
+  table), and prints the table."""
   record = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
             "wall_s": round(time.time() - start, 1), "rows": entries}
-  with open(os.path.join(args.out, "ablation.json"), "w", encoding="utf-8") as f:
+  with open(os.path.join(out, f"{stem}.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
-  md = table(entries, args)
-  with open(os.path.join(args.out, "ablation.md"), "w", encoding="utf-8") as f:
+  with open(os.path.join(out, f"{stem}.md"), "w", encoding="utf-8") as f:
     f.write(md + "\n")
   print(md)
-  return entries
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -158,14 +157,7 @@ def main(argv=None) -> list[dict]:
     entry = ablation.run_row(row.as_ablation_row(), args, config_path=_CONFIG, eval_flags=EVAL_FLAGS,
                              eval_label="bits/dim estimate")
     entries.append({**entry, "label": row.label, "mu": row.mu})
-  record = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-            "wall_s": round(time.time() - start, 1), "rows": entries}
-  with open(os.path.join(args.out, "mu_study.json"), "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  md = table(entries, args)
-  with open(os.path.join(args.out, "mu_study.md"), "w", encoding="utf-8") as f:
-    f.write(md + "\n")
-  print(md)
+  ablation.write_outputs(args.out, "mu_study", entries, table(entries, args), argv=argv, start=start)
   return entries
 
 

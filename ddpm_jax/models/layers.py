@@ -102,7 +102,7 @@ def _group_norm_parts(x, groups, eps):
   xf = x.astype(jnp.float32)
   d = xf - _group_mean(_sum_spatial(xf), groups, n)
   inv = jax.lax.rsqrt(_group_mean(_sum_spatial(jnp.square(d)), groups, n) + eps)
-  return d * inv, inv, n
+  return d * inv, inv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -117,12 +117,11 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
   written out (x̂ = (x - mean)·r, g = dy·scale, means over each group):
     dx = r · (g - mean(g) - x̂ · mean(g · x̂)),   dscale = Σ_{b,h,w} dy · x̂,   dbias = Σ_{b,h,w} dy.
   """
-  xhat, _, _ = _group_norm_parts(x, groups, eps)
-  return (xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+  return _group_norm_fwd(x, scale, bias, groups, eps)[0]
 
 
 def _group_norm_fwd(x, scale, bias, groups, eps):
-  xhat, inv, _ = _group_norm_parts(x, groups, eps)
+  xhat, inv = _group_norm_parts(x, groups, eps)
   y = (xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
   return y, (xhat, inv, scale)
 
