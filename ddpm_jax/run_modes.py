@@ -228,6 +228,7 @@ def _inception_metrics(config, uint8_images, mesh) -> dict[str, Any]:
   """FID@N against `eval.fid_reference_split` (statistics cached with their provenance) and IS@N, on the
   FID Inception-v3 from `eval.inception_weights`."""
   from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
   e = config.eval
   params = _inception_params(e.inception_weights)
   split = e.fid_reference_split
@@ -237,7 +238,7 @@ def _inception_metrics(config, uint8_images, mesh) -> dict[str, Any]:
       f"fid_stats_{config.data.name.replace('/', '_')}_{config.data.image_size or 'native'}_{split}"
       f"_{n_ref or 'all'}.npz")
   provenance = {"dataset": config.data.name, "split": split, "image_size": config.data.image_size,
-                "n": None, **inception.weights_provenance(e.inception_weights)}
+                "n": None, **inception_weights.weights_provenance(e.inception_weights)}
 
   def load():
     return data_pipeline.load_split_images(config.data, split=split, max_examples=n_ref)
@@ -263,8 +264,8 @@ _INCEPTION_PARAMS: dict[str, Any] = {}
 
 def _inception_params(path):
   if path not in _INCEPTION_PARAMS:
-    from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-    _INCEPTION_PARAMS[path] = inception.load_inception_params(path)
+    from ddpm_jax.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
+    _INCEPTION_PARAMS[path] = inception_weights.load_inception_params(path)
   return _INCEPTION_PARAMS[path]
 
 

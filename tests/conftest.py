@@ -45,3 +45,14 @@ def straight_run(data_root, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = tiny_config(data_root, num_steps=6)
   return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+# --- fixtures shared by the FID Inception tests -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+  """A random full-size FID-Inception state dict as `.pth` and `.npz`: (state dict, pth, npz, params),
+  shared by tests/test_inception_weights.py (conversion, folding) and tests/test_inception.py (the network)."""
+  import torch_files  # pylint: disable=g-import-not-at-top
+  return torch_files.write_random_weights(tmp_path_factory.mktemp("weights"))

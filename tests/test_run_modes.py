@@ -138,8 +138,10 @@ def test_eval_and_sweep_write_metrics_history_and_table(straight_run):
 
 def test_eval_adds_fid_and_is_when_inception_weights_are_given(straight_run, tmp_path, monkeypatch):
   """The eval plumbing (weights → cached reference statistics of the train split → FID@N, IS@N) with the
-  Inception network replaced by a cheap fixed random map (tests/test_inception.py tests the network)."""
+  Inception network replaced by a cheap fixed random map (tests/test_inception*.py test the network)."""
   from ddpm_jax.evaluation import inception as inc  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.evaluation import inception_net  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.evaluation import inception_weights  # pylint: disable=g-import-not-at-top
   config, workdir, _ = straight_run
   config = config.copy_and_resolve_references()
   weights = tmp_path / "weights.npz"
@@ -154,8 +156,8 @@ def test_eval_adds_fid_and_is_when_inception_weights_are_given(straight_run, tmp
     return (np.tanh(x @ rng.normal(size=(x.shape[1], 16)) / 300.0).astype(np.float32),
             (x @ rng.normal(size=(x.shape[1], 1008)) / 3000.0).astype(np.float32))
   monkeypatch.setattr(inc, "inception_features_and_logits", fake)
-  monkeypatch.setattr(inc, "FEATURE_DIM", 16)
-  monkeypatch.setattr(inc, "load_inception_params", lambda path: {"params": str(path)})
+  monkeypatch.setattr(inception_net, "FEATURE_DIM", 16)
+  monkeypatch.setattr(inception_weights, "load_inception_params", lambda path: {"params": str(path)})
   monkeypatch.setattr(run_modes, "_INCEPTION_PARAMS", {})
   config.eval.inception_weights = str(weights)
   config.eval.fid_reference_num_examples = 40

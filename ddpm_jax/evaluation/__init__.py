@@ -4,9 +4,13 @@
   formulas, independent of the network that produced the features).
 - `mnist_classifier`: a small shipped MNIST CNN and `mnist_fd` / `mnist_is`, offline proxies for FID/IS on
   the bundled digits (not comparable with published FID/IS values).
-- `inception`: the standard FID Inception-v3 (TF graph 2015-12-05) in Flax, its reference preprocessing,
-  a torch-free reader for pytorch-fid's weights file, cached reference statistics and FID@N / IS@N.
+- The standard FID Inception-v3 (TF graph 2015-12-05), one job per module: `inception_net` (the network in
+  Flax), `inception_preprocess` (its reference preprocessing), `inception_weights` (a torch-free reader for
+  pytorch-fid's weights file, and its `convert` command line) and `inception` (cached reference
+  statistics and FID@N / IS@N).
 """
+
+import importlib
 
 from ddpm_jax.evaluation.frechet import activation_statistics
 from ddpm_jax.evaluation.frechet import frechet_distance
@@ -18,26 +22,25 @@ from ddpm_jax.evaluation.mnist_classifier import MnistClassifier
 from ddpm_jax.evaluation.mnist_classifier import mnist_fd
 from ddpm_jax.evaluation.mnist_classifier import mnist_is
 
-# The `inception` names are resolved on first use (PEP 562), so that
-# `python -m ddpm_jax.evaluation.inception convert ...` does not find the module already imported.
-_INCEPTION_NAMES = (
-    "FIDInceptionV3",
-    "InceptionWeightsError",
-    "fid_from_images",
-    "inception_features_and_logits",
-    "inception_metrics",
-    "inception_score_from_images",
-    "load_inception_params",
-    "reference_statistics",
-    "weights_provenance",
-)
+# The Inception names are resolved on first use (PEP 562), so that
+# `python -m ddpm_jax.evaluation.inception_weights convert ...` does not find the module already imported.
+_INCEPTION_NAMES = {
+    "FIDInceptionV3": "inception_net",
+    "InceptionWeightsError": "inception_weights",
+    "fid_from_images": "inception",
+    "inception_features_and_logits": "inception",
+    "inception_metrics": "inception",
+    "inception_score_from_images": "inception",
+    "load_inception_params": "inception_weights",
+    "reference_statistics": "inception",
+    "weights_provenance": "inception_weights",
+}
 
 
 def __getattr__(name):
   if name in _INCEPTION_NAMES:
-    from ddpm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
-
-    return getattr(inception, name)
+    module = importlib.import_module(f"{__name__}.{_INCEPTION_NAMES[name]}")
+    return getattr(module, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
