@@ -38,9 +38,12 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["ddpm_jax", "ddpm_jax.*"]),
     include_package_data=True,
+    # The configs are modules of ddpm_jax.configs (found above); the bundled digits with their licence
+    # note, and the MNIST classifier weights, are data files.
     package_data={"ddpm_jax": ["data/assets/*", "evaluation/assets/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["ddpm-jax=ddpm_jax.main:run"]},
     license="Apache-2.0",
+    license_files=["LICENSE"],
 )

@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from ddpm_jax import train  # noqa: E402
+from ddpm_jax import experiment as experiment_lib  # noqa: E402
+from ddpm_jax import likelihood  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,11 +55,11 @@ def main(argv=None) -> dict:
   exp = common.build_experiment(config, args.num_devices)
   devices = list(exp.mesh.devices.flat)
   batch_size = config.eval.batch_size
-  batch = common.synthetic_batch(exp, batch_size, seed=config.seed + 2, field="eval.batch_size")
-  params = common.init_state(exp).params
+  batch = common.synthetic_batch(exp, batch_size, seed=config.seed + experiment_lib.STREAMS["eval"], field="eval.batch_size")
+  params = exp.init_params(experiment_lib.init_and_run_keys(config.seed)[0])
   num_params = common.count_params(params)
-  bpd_fn = train.make_bpd_fn(config, exp.model, exp.diffusion, full_bound=full_bound)
-  key = jax.random.PRNGKey(config.seed + 2)
+  bpd_fn = likelihood.make_bpd_fn(exp, full_bound=full_bound)
+  key = experiment_lib.stream_key(config.seed, "eval")
 
   t0 = time.perf_counter()
   compiled = bpd_fn.lower(params, batch, key).compile()
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     return np.asarray(multihost_utils.process_allgather(per_example, tiled=True))
 
   for i in range(warmup):
-    one_batch(10_000 + i)
+    one_batch(experiment_lib.SUBSTREAMS["warmup"] + i)  # apart from the timed batches 0, 1, ...
   values = []
   t0 = time.perf_counter()
   for i in range(num_batches):
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
 
   record = {
       "benchmark": "bpd_throughput",
-      "bound": "full bound (all T terms)" if full_bound else train.bpd_method(config),
+      "bound": "full bound (all T terms)" if full_bound else likelihood.bpd_method(config),
       "terms_per_image": terms,
       "images_per_sec": images / wall_s,
       "batch_time_s": wall_s / num_batches,

@@ -1,8 +1,8 @@
 """Shared pieces of the benchmark scripts: configs, synthetic data, the environment record, the peak-FLOP/s
 table, memory and cost-analysis readers, and the JSON + table output.
 
-Every script builds its experiment from a project config with the project's own builders
-(`ddpm_jax.train.create_*`), feeds synthetic images instead of a dataset, and prints one JSON record on
+Every script builds its experiment from a project config as the CLI does (`ddpm_jax.experiment.Experiment`),
+feeds synthetic images instead of a dataset, and prints one JSON record on
 stdout (appended as one line to `--out` when given) and a table for people on stderr.
 """
 
@@ -18,7 +18,6 @@ import platform
 import resource
 import subprocess
 import sys
-import types
 from typing import Any, Iterable, Sequence
 
 import flax
@@ -28,10 +27,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from ddpm_jax import config_lib
-from ddpm_jax import resample
+from ddpm_jax import experiment as experiment_lib
 from ddpm_jax import sharding
-from ddpm_jax import train
+from ddpm_jax.data import pipeline as data_pipeline
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
@@ -42,14 +40,6 @@ CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 PRESETS = {
     "small": ("default.py", "runlocal"),
     "cifar10": ("cifar10_mu_vlb_fixed.py", None),
-}
-
-# Image shapes of the datasets the configs name, so no dataset has to be present; config.data.image_size
-# (or --image_size) overrides the height and width.
-KNOWN_IMAGE_SHAPES = {
-    "cifar10": (32, 32, 3),
-    "mnist5k": (28, 28, 1),
-    "mnist": (28, 28, 1),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -146,20 +136,12 @@ def build_config(args: argparse.Namespace, **fields: Any) -> tuple[ml_collection
       set_field(config, dotted, value)
   for text in args.overrides:
     set_field(config, *parse_override(text))
-  config_lib.validate_config(config)
-  return config, source
+  return config, source  # validated when the Experiment is built
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(H, W, C) of the images the config trains on, without needing the dataset on disk."""
-  name, size = config.data.name, config.data.image_size
-  if name in KNOWN_IMAGE_SHAPES:
-    h, w, c = KNOWN_IMAGE_SHAPES[name]
-    return (size, size, c) if size else (h, w, c)
-  if size:
-    return (size, size, 3)  # the 256² configs (CelebA-HQ, LSUN) are RGB and always set image_size
-  raise ValueError(f"config.data.name={name!r} has no known image shape and config.data.image_size is None: "
-                   f"pass --image_size (RGB is assumed), or use one of {sorted(KNOWN_IMAGE_SHAPES)}.")
+  return tuple(data_pipeline.model_image_shape(config.data))
 
 
 def select_devices(num_devices: int | None) -> list:
@@ -172,25 +154,12 @@ def select_devices(num_devices: int | None) -> list:
   return devices[:num_devices]
 
 
-def build_experiment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> types.SimpleNamespace:
-  """Model, diffusion, optimizer, timestep sampler and mesh, wired as `train.train_and_evaluate` does."""
-  mesh = sharding.create_mesh(select_devices(num_devices))
-  shape = image_shape(config)
-  return types.SimpleNamespace(
-      config=config, mesh=mesh, image_shape=shape,
-      model=train.create_model(config, shape),
-      diffusion=train.create_diffusion(config),
-      tx=train.create_optimizer(config),
-      sampler=resample.create_named_schedule_sampler(config.diffusion.timestep_sampler,
-                                                     config.diffusion.num_timesteps))
+def build_experiment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> experiment_lib.Experiment:
+  """The `Experiment` the config describes, on the first `num_devices` devices (default: all)."""
+  return experiment_lib.Experiment(config, devices=select_devices(num_devices))
 
 
-def init_state(exp: types.SimpleNamespace) -> train.TrainState:
-  """Random-init train state (replicated over the mesh): timing does not depend on the weights."""
-  return train.create_train_state(exp.config, exp.model, exp.tx, exp.sampler, exp.image_shape, exp.mesh)
-
-
-def synthetic_batch(exp: types.SimpleNamespace, batch_size: int, *, leading: Sequence[int] = (), seed: int = 0,
+def synthetic_batch(exp: experiment_lib.Experiment, batch_size: int, *, leading: Sequence[int] = (), seed: int = 0,
                     field: str = "train.batch_size") -> dict[str, Any]:
   """A global batch {'image', 'label'} of random images in [-1, 1], sharded over the mesh on the batch axis.
 
@@ -206,7 +175,7 @@ def synthetic_batch(exp: types.SimpleNamespace, batch_size: int, *, leading: Seq
   return sharding.global_batch(host, exp.mesh, leading_axes=len(leading))
 
 
-def config_summary(config: ml_collections.ConfigDict, source: str, exp: types.SimpleNamespace,
+def config_summary(config: ml_collections.ConfigDict, source: str, exp: experiment_lib.Experiment,
                    num_params: int | None = None) -> dict[str, Any]:
   """The config fields that decide the cost of a step, for the record."""
   m, d = config.model, config.diffusion

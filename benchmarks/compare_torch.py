@@ -16,7 +16,7 @@ What each side runs:
   JAX train: `ddpm_jax.train.compile_train_step` with the config's diffusion and loss (the real step:
     timestep sampler, q_sample, the config's loss, backward, clipped Adam, EMA, sampler update), one step
     per call, on a synthetic batch already on the device; a round is timed to `block_until_ready`.
-  JAX sample: `jax.jit` of `model.apply(..., train=False)` at random t.
+  JAX sample: `jax.jit` of the experiment's `model_fn(params)` (eval mode) at random t.
   torch train: `torch_reference.TorchTrainer.step` (random t, q_sample, forward, MSE against a random
     target, backward, clip_grad_norm_, Adam, `torch._foreach_lerp_` EMA), eager, NCHW.
   torch sample: `torch_reference.TorchSampler.step`, eval mode under torch.no_grad().
@@ -148,7 +148,7 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
   import torch  # pylint: disable=g-import-not-at-top
   config, _ = _load_config(row)
   exp = common.build_experiment(config, num_devices=1)
-  state = common.init_state(exp)
+  state = train.create_train_state(exp)
   num_params = common.count_params(state.params)
   known = torch_reference.KNOWN_PARAM_COUNTS.get(row.config)
   if known is not None and num_params != known:
@@ -164,7 +164,7 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
 
   t0 = time.perf_counter()
   if row.kind == "train":
-    step_fn = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+    step_fn = train.compile_train_step(exp, state)
     compiled = step_fn.lower(state, batches).compile()
     holder = {"state": state, "metrics": None}
 
@@ -189,8 +189,7 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
 
     extra = {"torch_adam": trainer.adam_impl, "torch_ema": "torch._foreach_lerp_"}
   else:
-    model_def = exp.model
-    apply = jax.jit(lambda params, x, t: model_def.apply({"params": params}, x, t, train=False))
+    apply = jax.jit(lambda params, x, t: exp.model_fn(params)(x, t))
     x_jax = batches["image"][0]
     t_jax = jax.random.randint(jax.random.PRNGKey(0), (b,), 0, config.diffusion.num_timesteps)
     params = state.params

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from ddpm_jax import config_lib  # noqa: E402
-from ddpm_jax import train  # noqa: E402
+from ddpm_jax import experiment as experiment_lib  # noqa: E402
+from ddpm_jax import sampling  # noqa: E402
 
 SAMPLERS = ("ancestral", "ddim")
 
@@ -55,7 +56,7 @@ def _variant_config(config, sampler: str, steps: int, eta: float, batch_size: in
   cfg.sample.steps = steps
   cfg.sample.eta = eta
   cfg.sample.batch_size = batch_size
-  config_lib.validate_config(cfg)
+  config_lib.validate(cfg)
   return cfg
 
 
@@ -81,9 +82,9 @@ def main(argv=None) -> dict:
     notes.append(f"{num_batches} batches of {batch_size} draw {num_batches * batch_size} images; "
                  f"{num_images} are kept")
 
-  params = common.init_state(exp).params
+  params = exp.init_params(experiment_lib.init_and_run_keys(config.seed)[0])
   num_params = common.count_params(params)
-  key = jax.random.PRNGKey(config.seed + 1)
+  key = experiment_lib.stream_key(config.seed, "sample")
   T = config.diffusion.num_timesteps
   runs = []
   for sampler in samplers:
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
     else:
       steps, eta = args.ddim_steps, args.ddim_eta
     cfg = _variant_config(config, sampler, steps if steps != T else 0, eta or 0.0, batch_size)
-    sample_fn = train.make_sample_fn(cfg, exp.model, exp.diffusion, exp.mesh, exp.image_shape)
+    sample_fn = sampling.make_sample_fn(exp, cfg)
 
     t0 = time.perf_counter()
     compiled = sample_fn.lower(params, key, batch_size).compile()
@@ -104,11 +105,11 @@ def main(argv=None) -> dict:
       return compiled(p, k)
 
     if warmup:
-      train.generate_samples(run, params, key=jax.random.fold_in(key, 10_000), num_samples=warmup * batch_size,
-                             batch_size=batch_size, mesh=exp.mesh)
+      sampling.generate_samples(run, params, key=experiment_lib.substream_key(key, "warmup"),
+                                num_samples=warmup * batch_size, batch_size=batch_size, mesh=exp.mesh)
     t0 = time.perf_counter()
-    images = train.generate_samples(run, params, key=key, num_samples=num_images, batch_size=batch_size,
-                                    mesh=exp.mesh)
+    images = sampling.generate_samples(run, params, key=key, num_samples=num_images, batch_size=batch_size,
+                                       mesh=exp.mesh)
     wall_s = time.perf_counter() - t0
     runs.append({
         "sampler": sampler,

@@ -2,7 +2,7 @@ r"""A PyTorch version of the project's DDPM U-Net, train step and sampling step,
 
 Written from `ddpm_jax/models/unet.py` and `ddpm_jax/models/layers.py` (not taken from any other code
 base) so that `compare_torch.py` can time the same network in both frameworks on the same CPU. The network
-is built from a project config (through `ddpm_jax.train.create_model`, so the fields and output channels are
+is built from a project config (through `ddpm_jax.experiment.create_model`, so the fields and output channels are
 the ones the JAX side uses) and its parameter count is checked against the Flax model's: 1,112,801 for the
 main-job net (`configs/mnist_mu.py`), 35,746,307 for the CIFAR-10 net (`configs/cifar10_mu_vlb_fixed.py`).
 
@@ -357,10 +357,10 @@ def build_model(config: ml_collections.ConfigDict, image_shape: Sequence[int], *
     The torch module (train mode, float32, on the CPU).
   """
   require_torch()
-  from ddpm_jax import train  # pylint: disable=g-import-not-at-top  (imports jax; only needed here)
+  from ddpm_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top  (imports jax)
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r} is invalid: expected one of {LAYOUTS}.")
-  flax_model = train.create_model(config, image_shape)
+  flax_model = experiment_lib.create_model(config, image_shape)
   unsupported = {"num_classes": None, "num_heads": 1, "num_head_channels": None, "use_scale_shift_norm": False,
                  "resamp_with_conv": True}
   for field, supported in unsupported.items():
@@ -409,7 +409,7 @@ class TorchTrainer:
 
   def __init__(self, model, config: ml_collections.ConfigDict, *, layout: str = "nchw"):
     require_torch()
-    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+    from ddpm_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
     o = config.optim
     self.model, self.layout = model.train(), layout
     self.params = [p for p in model.parameters() if p.requires_grad]
@@ -418,7 +418,7 @@ class TorchTrainer:
     self.grad_clip = float(o.grad_clip) if o.grad_clip else None
     self.optimizer, self.adam_impl = _make_adam(self.params, lr=float(o.learning_rate),
                                                 betas=(float(o.beta1), float(o.beta2)), eps=float(o.eps))
-    diffusion = train.create_diffusion(config)
+    diffusion = experiment_lib.create_diffusion(config)
     self.num_timesteps = int(config.diffusion.num_timesteps)
     self.sqrt_ac = torch.tensor(diffusion.sqrt_alphas_cumprod, dtype=torch.float32)
     self.sqrt_1m_ac = torch.tensor(diffusion.sqrt_one_minus_alphas_cumprod, dtype=torch.float32)
@@ -469,8 +469,8 @@ def max_output_difference(config: ml_collections.ConfigDict, image_shape: Sequen
   require_torch()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
-  flax_model = train.create_model(config, image_shape)
+  from ddpm_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+  flax_model = experiment_lib.create_model(config, image_shape)
   rng = np.random.default_rng(seed)
   x = rng.uniform(-1, 1, (batch,) + tuple(image_shape)).astype(np.float32)
   t = rng.integers(0, config.diffusion.num_timesteps, (batch,)).astype(np.int32)
@@ -481,7 +481,7 @@ def max_output_difference(config: ml_collections.ConfigDict, image_shape: Sequen
   params = jax.tree.unflatten(treedef, [
       jax.random.normal(k, a.shape) * (0.1 if a.ndim == 1 else 1.0 / np.sqrt(np.prod(a.shape[:-1])))
       + (1.0 if a.ndim == 1 else 0.0) for k, a in zip(keys, leaves)])
-  expected = np.asarray(jax.jit(lambda p, x, t: flax_model.apply({"params": p}, x, t))(params, x, t))
+  expected = np.asarray(jax.jit(lambda p, x, t: experiment_lib.model_fn(flax_model, p)(x, t))(params, x, t))
   model = build_model(config, image_shape).eval()
   load_flax_params(model, jax.device_get(params))
   with torch.no_grad():

@@ -64,9 +64,9 @@ def main(argv=None) -> dict:
   batch, k = config.train.batch_size, config.train.steps_per_call
   notes = []
 
-  state = common.init_state(exp)
+  state = train.create_train_state(exp)
   num_params = common.count_params(state.params)
-  step_fn = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+  step_fn = train.compile_train_step(exp, state)
   batches = common.synthetic_batch(exp, batch, leading=(k,), seed=config.seed)
 
   t0 = time.perf_counter()

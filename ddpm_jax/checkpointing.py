@@ -303,8 +303,9 @@ class CheckpointManager:
       raise CheckpointError(f"checkpoint {step_dir} is incomplete: item(s) {missing} missing{hint}; "
                             f"available steps: {self.all_steps()}")
 
-  def _check_template(self, step, state_template):
-    """Raises CheckpointError listing every leaf where the saved tree and the template disagree."""
+  def _check_template(self, step, state_template, *, partial=False):
+    """Raises CheckpointError listing every leaf where the saved tree and the template disagree (with
+    `partial`, the saved leaves the template does not name are not compared)."""
     step_dir = self._step_dir(step)
     try:
       saved = self._manager.metadata(step).item_metadata[STATE_ITEM]
@@ -322,7 +323,7 @@ class CheckpointManager:
     for path in sorted(set(template_leaves) - set(saved_leaves)):
       shape, dtype = _expected_leaf(template_leaves[path])
       problems.append(f"  {path}: missing in the checkpoint (expected {_describe(shape, dtype)})")
-    for path in sorted(set(saved_leaves) - set(template_leaves)):
+    for path in sorted(set(saved_leaves) - set(template_leaves)) if not partial else ():
       leaf = saved_leaves[path]
       described = _describe(getattr(leaf, "shape", None), getattr(leaf, "dtype", None))
       problems.append(f"  {path}: in the checkpoint ({described}) but not in the template")
@@ -375,6 +376,34 @@ class CheckpointManager:
           f"checkpoint {self._step_dir(step)} is corrupt: restoring it failed ({_error_text(e)})\n"
           f"{self._earlier_steps_hint()}") from e
     return restored[STATE_ITEM]
+
+  def restore_fields(self, template, *, step=None):
+    """Reads only the named top-level fields of the saved state, e.g. {'step': ..., 'ema_params': ...}.
+
+    For inference: the optimizer state, the other parameter copy and the data iterator are not read, so the
+    caller needs neither the optimizer nor the dataset to build the template. `template` is a dict from
+    field names to pytrees of `jax.ShapeDtypeStruct`s (with `sharding=`), jax.Arrays or numpy arrays.
+
+    Raises: as `restore`; a field the checkpoint lacks, or leaves that differ, are listed.
+    """
+    self._check_open()
+    self._manager.wait_until_finished()
+    step = self._resolve_step(step)
+    if not isinstance(template, dict) or not template:
+      raise TypeError(f"template must be a non-empty dict of state fields; got {type(template).__name__}")
+    self._check_items(step, want_data=False)
+    self._check_template(step, template, partial=True)
+    abstract = jax.tree.map(_abstract_leaf, template)
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(
+            self._step_dir(step) / STATE_ITEM,
+            args=ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                abstract), partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except  (the structure matched, so the files are bad)
+      raise CheckpointError(
+          f"checkpoint {self._step_dir(step)} is corrupt: restoring {sorted(template)} failed "
+          f"({_error_text(e)})\n{self._earlier_steps_hint()}") from e
 
   def metadata(self, step=None):
     """The JSON metadata dict saved with `step` (default: the latest): the caller's entries plus 'step',

@@ -16,6 +16,8 @@ import ml_collections
 from ddpm_jax import diffusion as diffusion_lib
 from ddpm_jax import resample
 from ddpm_jax.data import pipeline as data_pipeline
+from ddpm_jax.data import sources as data_sources
+from ddpm_jax.models import unet as unet_lib
 
 
 # optim.lr_schedule: the original's warm-up then constant, or warm-up then cosine decay to 0
@@ -188,8 +190,14 @@ def _check_float(config, field, low, high, *, low_open=False, high_open=False):
     _fail(field, value, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field, its value and what would be accepted."""
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first invalid field, its value and what would be accepted.
+
+  The one place a config is checked: every entry point (`Experiment(config)`, which the CLI modes and the
+  benchmarks build first) calls it before anything is built or written, and the modules below assume a
+  valid config. Sections with their own schema are checked by the module that defines it (data fields by
+  `data.pipeline.validate_data_config`, network fields by building the `UNet`), called from here.
+  """
   for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval"):
     if section not in config:
       raise ValueError(f"config.{section} is missing; start from ddpm_jax.config_lib.default_config().")
@@ -231,6 +239,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          ("checkpoint_every", 1), ("keep_checkpoints", 1), ("archive_every", 0),
                          ("sample_every", 0), ("num_grid_samples", 1), ("eval_every", 0)):
     _check_int(config, f"train.{field}", minimum)
+  if config.train.num_steps % config.train.steps_per_call:
+    _fail("train.num_steps", config.train.num_steps,
+          f"a multiple of train.steps_per_call={config.train.steps_per_call}")
   for field in ("log_every", "checkpoint_every", "sample_every", "eval_every"):
     every = config.train[field]
     if every and every % config.train.steps_per_call:
@@ -271,6 +282,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
   _check_float(config, "model.output_scale", 0.0, float("inf"), low_open=True, high_open=True)
   _check_choice(config, "model.output_residual", ("none", "identity", "learned"))
+  num_classes = config.model.get("num_classes")
+  if num_classes is not None and config.data.name == "mnist5k" and num_classes != 10:
+    _fail("model.num_classes", num_classes, "None or 10 for mnist5k")
+  known = data_sources.KNOWN_IMAGE_SHAPES.get(config.data.name)
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  # The channel count of a dataset not in the table is only known once it is prepared; the network's other
+  # fields are checked with a stand-in, and Experiment checks out_ch against the real count.
+  model_config.out_ch = model_out_channels(config, known[-1]) if known else (out_ch or 1)
+  try:
+    unet_lib.unet_from_config(model_config)
+  except ValueError as e:
+    raise ValueError(str(e).replace("UNet.", "config.model.")) from None
 
 
 def model_out_channels(config: ml_collections.ConfigDict, image_channels: int) -> int:

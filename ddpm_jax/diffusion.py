@@ -704,6 +704,37 @@ class GaussianDiffusion:
     return {"total_bpd": jnp.sum(terms_bpd, axis=1) + prior, "terms_bpd": terms_bpd,
             "prior_bpd": prior, "mse": mse_tb.T}
 
+  def sampled_bpd(self, model_fn: ModelFn, x_start, *, key, num_samples: int,
+                  clip_denoised: bool = True) -> Array:
+    """An unbiased estimate of the full bound in bits/dim from K sampled timesteps per example [B].
+
+      L = L_T + Σ_{t=0}^{T-1} L_t = L_T + T · E_{t ~ U{0..T-1}}[L_t]
+        ≈ L_T + T · (1/K) Σ_k L_{t_k},   t_k ~ U{0..T-1} i.i.d. per example, x_{t_k} = q_sample(x_0, t_k, ε_k)
+
+    with L_T the prior term (`prior_bpd`), L_t the denoising KL and L_0 the decoder NLL (`vb_terms_bpd`).
+    Its expectation over t_k and ε_k is that of `calc_bpd_loop`'s total (each of its terms uses one ε too);
+    K·B network calls instead of T·B, so it is what training uses for its periodic bits/dim.
+
+    Args:
+      model_fn: `model_fn(x_t, timesteps)` → raw network output.
+      x_start: data in [-1, 1], [B, H, W, C].
+      key: the estimate's randomness; sample k uses split(key, K)[k], split again into (t, ε).
+      num_samples: K ≥ 1, the timesteps per example.
+    """
+    if num_samples < 1:
+      raise ValueError(f"sampled_bpd: num_samples={num_samples!r} is invalid: expected an integer >= 1.")
+
+    def term(_, key_k):
+      t_key, noise_key = jax.random.split(key_k)
+      t = jax.random.randint(t_key, x_start.shape[:1], 0, self.num_timesteps)
+      noise = jax.random.normal(noise_key, x_start.shape)
+      x_t = self.q_sample(x_start, t, noise)
+      out = model_fn(x_t, self.model_timesteps(t))
+      return None, self.vb_terms_bpd(out, x_start, x_t, t, clip_denoised=clip_denoised)
+
+    _, terms = jax.lax.scan(term, None, jax.random.split(key, num_samples))
+    return self.prior_bpd(x_start) + self.num_timesteps * jnp.mean(terms, axis=0)
+
   # --- sampling loops -------------------------------------------------------------------------------------
 
   def _loop_inputs(self, shape, key, x_T, step_noise, name):

@@ -6,6 +6,7 @@ r"""ddpm-jax command line: train, sample or evaluate one experiment config in on
   python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode bpd
   python -m ddpm_jax.main --config configs/mnist_mu.py --workdir runs/mnist_mu --mode sweep --fast
   python -m ddpm_jax.main --config configs/cifar10_mu_vlb_fixed.py:runlocal --workdir /tmp/x  # laptop check
+  ddpm-jax --config mnist_mu:runlocal --workdir /tmp/x   # a shipped config by name, from any folder
 
 Any config field can be overridden: --config.train.num_steps=2000 --config.sample.steps=100.
 Installed as the `ddpm-jax` command too.
@@ -13,6 +14,7 @@ Installed as the `ddpm-jax` command too.
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -20,7 +22,8 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
+config_flags.DEFINE_config_file("config", None, "Experiment config: a file (configs/mnist_mu.py) or a shipped "
+                                "config's bare name (mnist_mu), then an optional :variant (:runlocal).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and summaries.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "bpd", "sweep"],
@@ -79,9 +82,29 @@ def main(argv):
   print(json.dumps(result, indent=2, default=str))
 
 
-def run():
-  """Console-script entry point (`ddpm-jax`)."""
-  app.run(main)
+def resolve_config_argument(argv: list[str]) -> list[str]:
+  """Rewrites a bare config name (`--config mnist_mu:runlocal`) to the shipped file's path, so the command
+  works from any folder after `pip install`; file paths pass through unchanged."""
+  from ddpm_jax import configs  # pylint: disable=g-import-not-at-top
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+      out[i] = "--config=" + configs.resolve(value)
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = configs.resolve(out[i + 1])
+  return out
+
+
+def run(argv=None):
+  """Console-script and `python -m ddpm_jax.main` entry point (`ddpm-jax`)."""
+  argv = sys.argv if argv is None else argv
+  try:
+    argv = resolve_config_argument(argv)
+  except FileNotFoundError as e:
+    print(f"ddpm-jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

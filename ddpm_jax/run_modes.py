@@ -12,28 +12,23 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
+from ddpm_jax import experiment as experiment_lib
 from ddpm_jax import fileio
-from ddpm_jax import sharding
-from ddpm_jax import train
+from ddpm_jax import likelihood
+from ddpm_jax import sampling
 from ddpm_jax import visualize
 from ddpm_jax.data import pipeline as data_pipeline
 
 
 def _is_main():
   return jax.process_index() == 0
-
-
-def _params(state, use_ema: bool):
-  return state.ema_params if use_ema else state.params
 
 
 def _write_json(path: str, value: dict) -> str:
@@ -45,66 +40,25 @@ def _write_json(path: str, value: dict) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _sampler_tag(config) -> str:
-  s = config.sample
-  steps = s.steps or config.diffusion.num_timesteps
-  tag = f"{s.sampler}{steps}"
-  if s.steps and s.skip_type != "even":
-    tag += f"_{s.skip_type}"
-  if s.sampler == "ddim":
-    tag += f"_eta{s.eta:g}"
-  return tag
-
-
-def progressive_strip(config, exp, params, *, key, rows: int) -> tuple[np.ndarray, list[int]]:
-  """x̂_0 predicted along one ancestral chain (the original's `p_sample_loop_progressive`).
-
-  Returns ([rows, K + 1, H, W, C] in [-1, 1], the K recorded timesteps, high to low): column k is x̂_0 at
-  the k-th recorded timestep and the last column is the sample itself.
-  """
-  chain = train.create_sampling_diffusion(config, exp.diffusion)
-  freq = max(1, chain.num_timesteps // 10)
-  n_dev = exp.mesh.devices.size
-  batch = max(n_dev, math.ceil(rows / n_dev) * n_dev)
-  model = exp.model
-
-  def run(params, key):
-    def model_fn(x, timesteps):
-      return model.apply({"params": params}, x, timesteps, None, train=False)
-    return chain.p_sample_loop_progressive(model_fn, (batch,) + tuple(exp.image_shape), key=key,
-                                           clip_denoised=config.sample.clip_denoised,
-                                           include_xstartpred_freq=freq)
-
-  out_sharding = sharding.batch_sharding(exp.mesh)
-  sample, preds = jax.jit(run, out_shardings=(out_sharding, out_sharding))(params, key)
-  sample = np.asarray(multihost_utils.process_allgather(sample, tiled=True))[:rows]
-  preds = np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:rows]
-  # Slot k holds x̂_0 at chain index k · freq: show them from the noisiest to the cleanest.
-  recorded = [int(chain.timestep_map[k * freq]) for k in range(preds.shape[1])][::-1]
-  strip = np.concatenate([preds[:, ::-1], sample[:, None]], axis=1)
-  return strip, recorded
-
-
 def sample(config, workdir: str, *, step: int | None = None) -> dict:
   """Writes exactly `sample.num_samples` samples (uint8 .npz and a PNG grid) from a checkpoint, and the
   progressive x̂_0 strip of `sample.progressive_rows` chains (ancestral sampler only)."""
-  workdir = fileio.resolve(workdir)
-  exp, state = train.restore_for_inference(config, workdir, step=step)
+  exp = experiment_lib.Experiment(config)
+  workdir = experiment_lib.resolve_workdir(workdir)
   s = config.sample
-  params = _params(state, s.use_ema)
-  key = jax.random.PRNGKey(config.seed + 1)
-  images = train.generate_samples(exp.sample_fn(), params, key=key, num_samples=s.num_samples,
-                                  batch_size=s.batch_size, mesh=exp.mesh, desc="sampling")
-  ckpt_step = int(state.step)
-  tag = f"step{ckpt_step}_{_sampler_tag(config)}"
+  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=s.use_ema)
+  key = experiment_lib.stream_key(config.seed, "sample")
+  images = sampling.generate_samples(sampling.make_sample_fn(exp), params, key=key, num_samples=s.num_samples,
+                                     batch_size=s.batch_size, mesh=exp.mesh, desc="sampling")
+  tag = f"step{ckpt_step}_{sampling.sampler_tag(config)}"
   out_dir = fileio.join(workdir, "samples")
   result = {"checkpoint_step": ckpt_step, "num_samples": int(len(images)), "sampler": s.sampler,
-            "sampling_steps": train.create_sampling_diffusion(config, exp.diffusion).num_timesteps,
+            "sampling_steps": sampling.create_sampling_diffusion(config, exp.diffusion).num_timesteps,
             "skip_type": s.skip_type, "params": "ema" if s.use_ema else "raw", "seed": int(config.seed)}
   strip = None
   if s.progressive_rows and s.sampler == "ancestral" and exp.model.num_classes is None:
-    strip, recorded = progressive_strip(config, exp, params, key=jax.random.fold_in(key, 10**6),
-                                        rows=s.progressive_rows)
+    strip, recorded = sampling.progressive_strip(exp, params, key=experiment_lib.substream_key(key, "progressive"),
+                                                 rows=s.progressive_rows)
     result["progressive_timesteps"] = recorded
   elif s.progressive_rows:
     result["progressive"] = "skipped: drawn for the unconditional ancestral sampler only"
@@ -128,59 +82,18 @@ def sample(config, workdir: str, *, step: int | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def bound_report(terms_sum, terms_sq_sum, mse_sum, rmse_sum, totals, priors) -> dict[str, Any]:
-  """Aggregates per-example bound pieces into the `--mode bpd` report.
-
-  With L_T the prior term, L_t (t = T-1 … 1) the denoising KLs and L_0 the decoder NLL (code index t = 0):
-    total     = L_T + Σ_t L_t, per example; the mean and its standard error over examples;
-    rate[t]   = L_T + Σ_{s > t} L_s: the bits/dim a receiver holds once it can form x_t in DDPM's progressive
-                code (Algorithms 3–4, §4.3); rate at t = 0 excludes the decoder's L_0, which is lossless;
-    distortion[t] = mean over images of √(‖x̂_0(x_t) − x_0‖² / D) on the [0, 255] scale (images live on
-                [-1, 1], hence × 127.5), the RMSE of the reconstruction the receiver can make at t.
-  """
-  n = len(totals)
-  terms = terms_sum / n
-  terms_var = np.maximum(terms_sq_sum / n - terms ** 2, 0.0) * n / max(n - 1, 1)
-  prior = float(np.mean(priors))
-  rate = prior + np.concatenate([np.cumsum(terms[::-1])[::-1][1:], [0.0]])
-  return {
-      "num_examples": int(n),
-      "total_bpd": float(np.mean(totals)),
-      "total_bpd_stderr": float(np.std(totals, ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
-      "prior_bpd": prior,
-      "decoder_nll_bpd": float(terms[0]),
-      "sum_of_terms_bpd": float(np.sum(terms)),
-      "terms_bpd": terms.tolist(),
-      "terms_bpd_stderr": np.sqrt(terms_var / n).tolist(),
-      "xstart_mse": (mse_sum / n).tolist(),
-      "rate_bpd": rate.tolist(),
-      "distortion_rmse": (rmse_sum / n).tolist(),
-  }
-
-
 def bpd(config, workdir: str, *, step: int | None = None) -> dict:
   """The full bound (all T terms + prior, `calc_bpd_loop`) over `data.eval_split` (`eval.num_examples`
   images, 0 = all), with its per-timestep terms, as bpd_step{N}.json and bpd_step{N}.png in the workdir."""
-  workdir = fileio.resolve(workdir)
-  exp, state = train.restore_for_inference(config, workdir, step=step)
+  exp = experiment_lib.Experiment(config)
+  workdir = experiment_lib.resolve_workdir(workdir)
   use_ema = config.eval.use_ema
-  params = _params(state, use_ema)
-  fn = train.make_bound_terms_fn(config, exp.model, exp.diffusion)
+  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=use_ema)
   T = exp.diffusion.num_timesteps
-  terms_sum, terms_sq_sum = np.zeros(T), np.zeros(T)
-  mse_sum, rmse_sum = np.zeros(T), np.zeros(T)
-  totals, priors = [], []
-  for out in train.eval_split_outputs(config, fn, params, exp.mesh, key=jax.random.PRNGKey(config.seed + 2),
-                                      num_examples=config.eval.num_examples, desc="full bound"):
-    out = {k: v.astype(np.float64) for k, v in out.items()}
-    terms_sum += out["terms_bpd"].sum(0)
-    terms_sq_sum += (out["terms_bpd"] ** 2).sum(0)
-    mse_sum += out["mse"].sum(0)
-    rmse_sum += (np.sqrt(out["mse"]) * 127.5).sum(0)
-    totals.extend(out["total_bpd"].tolist())
-    priors.extend(out["prior_bpd"].tolist())
-  report = bound_report(terms_sum, terms_sq_sum, mse_sum, rmse_sum, np.asarray(totals), np.asarray(priors))
-  ckpt_step = int(state.step)
+  report = likelihood.bound_terms_over_split(
+      config, likelihood.make_bound_terms_fn(exp), params, exp.mesh,
+      key=experiment_lib.stream_key(config.seed, "eval"), num_examples=config.eval.num_examples,
+      desc="full bound")
   report = {"checkpoint_step": ckpt_step, "split": config.data.eval_split,
             "params": "ema" if use_ema else "raw", "method": "full bound (all T terms)",
             "num_timesteps": T, "clip_denoised": bool(config.eval.clip_denoised), **report}
@@ -206,7 +119,7 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
   weights = config.eval.get("inception_weights") or ""
   if not digits and not weights:
     return {"sample_metrics": "none: set eval.inception_weights for FID/IS (see README, 'Metrics')"}
-  images = train.generate_samples(exp.sample_fn(), params, key=key, num_samples=num_samples,
+  images = sampling.generate_samples(sampling.make_sample_fn(exp), params, key=key, num_samples=num_samples,
                                   batch_size=config.sample.batch_size, mesh=exp.mesh, desc="metric samples")
   uint8 = visualize.to_uint8(images)
   if digits:
@@ -220,7 +133,7 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
     metrics["mnist_confident"] = mnist_classifier.confident_fraction(uint8)["mnist_confident"]
   if weights:
     metrics.update(_inception_metrics(config, uint8, exp.mesh))
-  metrics["sampler"] = _sampler_tag(config)
+  metrics["sampler"] = sampling.sampler_tag(config)
   return metrics
 
 
@@ -269,16 +182,16 @@ def _inception_params(path):
   return _INCEPTION_PARAMS[path]
 
 
-def _eval_checkpoint(config, workdir, exp, state, *, num_samples, num_examples) -> dict[str, Any]:
+def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples) -> dict[str, Any]:
   use_ema = config.eval.use_ema
-  params = _params(state, use_ema)
-  res = {"checkpoint_step": int(state.step), "params": "ema" if use_ema else "raw",
-         "split": config.data.eval_split, "bpd_method": train.bpd_method(config)}
-  bpd_res = train.evaluate_bpd(config, exp.bpd_fn(full_bound=config.eval.full_bound), params, exp.mesh,
-                               key=jax.random.PRNGKey(config.seed + 2), num_examples=num_examples,
-                               desc="bits/dim")
+  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=use_ema)
+  res = {"checkpoint_step": ckpt_step, "params": "ema" if use_ema else "raw",
+         "split": config.data.eval_split, "bpd_method": likelihood.bpd_method(config)}
+  bpd_res = likelihood.evaluate_bpd(config, likelihood.make_bpd_fn(exp, full_bound=config.eval.full_bound),
+                                    params, exp.mesh, key=experiment_lib.stream_key(config.seed, "eval"),
+                                    num_examples=num_examples, desc="bits/dim")
   res.update(bpd_res)
-  res.update(sample_metrics(config, exp, params, key=jax.random.PRNGKey(config.seed + 3),
+  res.update(sample_metrics(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
                             num_samples=num_samples))
   if _is_main():
     fileio.append_text(fileio.join(workdir, "eval_history.jsonl"), json.dumps(res) + "\n")
@@ -288,9 +201,9 @@ def _eval_checkpoint(config, workdir, exp, state, *, num_samples, num_examples) 
 def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   """Bits/dim on `data.eval_split` and sample-quality metrics of `eval.num_samples` samples, written to
   eval_step{N}.json and appended to the workdir's eval_history.jsonl."""
-  workdir = fileio.resolve(workdir)
-  exp, state = train.restore_for_inference(config, workdir, step=step)
-  res = _eval_checkpoint(config, workdir, exp, state, num_samples=config.eval.num_samples,
+  exp = experiment_lib.Experiment(config)
+  workdir = experiment_lib.resolve_workdir(workdir)
+  res = _eval_checkpoint(config, workdir, exp, step, num_samples=config.eval.num_samples,
                          num_examples=config.eval.num_examples)
   if _is_main():
     res["json"] = _write_json(fileio.join(workdir, f"eval_step{res['checkpoint_step']}.json"), res)
@@ -327,15 +240,14 @@ def sweep(config, workdir: str, *, steps: str = "all", fast: bool = False) -> di
   """`eval` on every chosen checkpoint; `fast` uses eval.fast_num_samples samples and eval.fast_num_examples
   test images (NCSNv2's fast-FID idea: rank checkpoints cheaply, then evaluate the best one fully).
   Writes eval_sweep.md (a markdown table) and eval_sweep.json in the workdir."""
-  workdir = fileio.resolve(workdir)
-  chosen = parse_steps(steps, train.checkpoint_steps(config, workdir))
+  exp = experiment_lib.Experiment(config)
+  workdir = experiment_lib.resolve_workdir(workdir)
+  chosen = parse_steps(steps, experiment_lib.checkpoint_steps(config, workdir))
   num_samples = config.eval.fast_num_samples if fast else config.eval.num_samples
   num_examples = config.eval.fast_num_examples if fast else config.eval.num_examples
-  exp = None
   rows = []
   for s in tqdm.tqdm(chosen, desc="checkpoints", disable=not _is_main() or len(chosen) == 1):
-    exp, state = train.restore_for_inference(config, workdir, step=s, exp=exp)
-    rows.append(_eval_checkpoint(config, workdir, exp, state, num_samples=num_samples,
+    rows.append(_eval_checkpoint(config, workdir, exp, s, num_samples=num_samples,
                                  num_examples=num_examples))
   result = {"steps": chosen, "fast": bool(fast), "num_samples": num_samples, "rows": rows}
   if _is_main():

@@ -559,6 +559,36 @@ def test_calc_bpd_loop_exact_posterior_leaves_decoder_and_prior():
     d.calc_bpd_loop(_exact_posterior_model(d, x0), x0)
 
 
+def test_sampled_bpd_is_unbiased_for_the_full_bound():
+  # E_{t,ε}[L_T + T·L_t] = L_T + Σ_t E_ε[L_t] = E_ε[calc_bpd_loop total]: Monte Carlo means of the two over
+  # independent keys agree within their combined standard error.
+  T = 8
+  d = _diffusion(mean_type="eps", var_type="fixedlarge", T=T, beta_start=1e-3, beta_end=0.2)
+  x0 = jnp.asarray(_data(31, shape=(2, 2, 2, 1)))
+  model_fn = lambda x, t: 0.5 * x + 0.01 * t[:, None, None, None].astype(jnp.float32)
+  n = 4000
+  keys = jax.random.split(jax.random.PRNGKey(5), n)
+  est = np.asarray(jax.jit(jax.vmap(lambda k: d.sampled_bpd(model_fn, x0, key=k, num_samples=2)))(keys),
+                   np.float64)
+  full = np.asarray(jax.jit(jax.vmap(lambda k: d.calc_bpd_loop(model_fn, x0, key=k)["total_bpd"]))(
+      jax.random.split(jax.random.PRNGKey(6), n)), np.float64)
+  chex.assert_shape(est, (n, 2))
+  stderr = np.sqrt(est.var(0, ddof=1) / n + full.var(0, ddof=1) / n)
+  assert np.all(np.abs(est.mean(0) - full.mean(0)) < 4 * stderr), (est.mean(0), full.mean(0), stderr)
+  assert np.all(est.std(0) > 5 * full.std(0))  # a real estimate: T·L_t spreads far more than the sum
+  # The exact-posterior model: every L_t with t ≥ 1 is 0, so each sampled term is T·L_0 if t_k = 0 and 0
+  # otherwise; the estimate is L_T + (T / K)·#{k: t_k = 0}·L_0, whose mean is L_T + L_0.
+  d = _diffusion(mean_type="xprev", var_type="fixedsmall", T=T)
+  exact = _exact_posterior_model(d, x0)
+  bound = d.calc_bpd_loop(exact, x0, key=jax.random.PRNGKey(0), clip_denoised=False)
+  decoder, prior = np.asarray(bound["terms_bpd"][:, 0]), np.asarray(bound["prior_bpd"])
+  est = np.asarray(d.sampled_bpd(exact, x0, key=jax.random.PRNGKey(7), num_samples=4, clip_denoised=False))
+  hits = (est - prior) / (T / 4 * decoder)
+  np.testing.assert_allclose(hits, np.round(hits), atol=1e-3)
+  with pytest.raises(ValueError, match=r"num_samples=0 is invalid"):
+    d.sampled_bpd(exact, x0, key=jax.random.PRNGKey(0), num_samples=0)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Sampling loops.
 # --------------------------------------------------------------------------------------------------------

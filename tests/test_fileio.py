@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddpm_jax import fileio
-from ddpm_jax import train
+from ddpm_jax import metrics_writer
 from ddpm_jax import visualize
 
 
@@ -53,7 +53,7 @@ def test_local_writes_are_atomic_and_make_folders(tmp_path):
 
 
 def test_metric_writer_on_a_url_uploads_and_resumes(url):
-  writer = train.MetricWriter(url, sync_seconds=0.0)
+  writer = metrics_writer.MetricWriter(url, sync_seconds=0.0)
   writer.scalars(1, {"loss": 0.5})
   assert json.loads(_remote(fileio.join(url, "metrics.jsonl")))["loss"] == 0.5  # synced at once
   writer.image(1, "samples", np.zeros((8, 8, 1), np.uint8))
@@ -63,7 +63,7 @@ def test_metric_writer_on_a_url_uploads_and_resumes(url):
   events = fs.glob(fileio.join(url, "tensorboard", "*").split("://", 1)[1])
   assert len(events) == 1 and fs.size(events[0]) > 100
   # A resumed run's writer continues the remote log instead of replacing it.
-  writer = train.MetricWriter(url, sync_seconds=1e9)
+  writer = metrics_writer.MetricWriter(url, sync_seconds=1e9)
   writer.scalars(3, {"loss": 0.125})
   writer.close()  # close uploads whatever the interval held back
   lines = _remote(fileio.join(url, "metrics.jsonl")).decode().splitlines()

@@ -18,7 +18,7 @@ Checked:
     sensitive where the gradient is near zero), hence the absolute tolerance below (a few 1e-6 seen for
     three lr ≤ 6e-4 updates);
   * the cluster's checkpoint restores in this (8-device, one-process) pytest process with
-    `train.restore_for_inference`, bit-identical to the cluster's final parameters.
+    `Experiment.restore_params`, bit-identical to the cluster's final parameters.
 """
 
 import json
@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import train
+from ddpm_jax import experiment
 from ddpm_jax.data import pipeline
 
 from tiny import tiny_config
@@ -191,17 +191,19 @@ def test_two_process_cpu_cluster_matches_one_process_and_its_checkpoint_restores
 
   # The cluster's checkpoint restores here: one process, 8 devices.
   assert jax.process_count() == 1 and jax.device_count() == 8
-  exp, state = train.restore_for_inference(config, cluster_dir)
-  assert int(state.step) == NUM_STEPS
-  assert len(state.params["conv_in"]["kernel"].sharding.device_set) == 8
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
+  exp = experiment.Experiment(config)
+  step, params = exp.restore_params(cluster_dir, use_ema=False)
+  _, ema_params = exp.restore_params(cluster_dir, use_ema=True)
+  assert step == NUM_STEPS
+  assert len(params["conv_in"]["kernel"].sharding.device_set) == 8
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   assert paths == list(p0["leaf_paths"])
-  np.testing.assert_array_equal(_flat(state.params), reference)
-  np.testing.assert_array_equal(_flat(state.ema_params), p0["ema_0"])
+  np.testing.assert_array_equal(_flat(params), reference)
+  np.testing.assert_array_equal(_flat(ema_params), p0["ema_0"])
 
   # The tolerance above is tight where it matters: training moved the parameters (lr > 0 from step 2) far
   # more than it (about 1.2e-3 against 5e-5; the two runs differ by at most about 5e-6).
-  moved = np.abs(single["params_0"] - _flat(exp.init_state().params)).max()
+  moved = np.abs(single["params_0"] - _flat(exp.init_params(experiment.init_and_run_keys(config.seed)[0]))).max()
   assert moved > 20 * PARAMS_ATOL, moved
 
 

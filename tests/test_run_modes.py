@@ -2,15 +2,14 @@
 bound term by term, rate/distortion), eval (bits/dim + MNIST-FD) and sweep (metrics across checkpoints)."""
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
 from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import experiment
 from ddpm_jax import run_modes
-from ddpm_jax import train
 
 
 # --- step placement (no model) ------------------------------------------------------------------------------
@@ -31,27 +30,6 @@ def test_sampling_timesteps_follow_the_ddim_paper():
     diffusion_lib.sampling_timesteps(100, 10, "log")
   with pytest.raises(ValueError, match=r"steps=0 must lie in \[1, num_timesteps=100\]"):
     diffusion_lib.sampling_timesteps(100, 0, "uniform")
-
-
-def test_bound_report_against_hand_computation():
-  rng = np.random.default_rng(0)
-  n, T = 7, 5
-  terms = rng.uniform(0.0, 1.0, (n, T))
-  priors = rng.uniform(0.0, 1e-3, n)
-  mse = rng.uniform(0.0, 0.5, (n, T))
-  totals = terms.sum(1) + priors
-  r = run_modes.bound_report(terms.sum(0), (terms ** 2).sum(0), mse.sum(0), (np.sqrt(mse) * 127.5).sum(0),
-                             totals, priors)
-  mean_terms = terms.mean(0)
-  np.testing.assert_allclose(r["terms_bpd"], mean_terms)
-  np.testing.assert_allclose(r["terms_bpd_stderr"], terms.std(0, ddof=1) / math.sqrt(n))
-  np.testing.assert_allclose(r["total_bpd_stderr"], totals.std(ddof=1) / math.sqrt(n))
-  assert r["total_bpd"] == pytest.approx(r["prior_bpd"] + r["sum_of_terms_bpd"], rel=1e-12)
-  # Holding x_t costs the prior plus every term above t; x_{T-1} costs the prior alone.
-  for t in range(T):
-    assert r["rate_bpd"][t] == pytest.approx(priors.mean() + mean_terms[t + 1:].sum(), rel=1e-12)
-  assert r["decoder_nll_bpd"] == pytest.approx(mean_terms[0])
-  np.testing.assert_allclose(r["distortion_rmse"], (np.sqrt(mse) * 127.5).mean(0))
 
 
 def test_parse_steps():
@@ -123,7 +101,7 @@ def test_eval_and_sweep_write_metrics_history_and_table(straight_run):
   assert np.isfinite(res["bpd"]) and res["num_examples"] == 8
   assert res["mnist_fd@16"] > 0 and 1.0 <= res["mnist_is"] <= 10.0
   assert res["mnist_fd_reference"].startswith("mnist5k/test")
-  steps = train.checkpoint_steps(config, workdir)
+  steps = experiment.checkpoint_steps(config, workdir)
   sweep = run_modes.sweep(config, workdir, steps="all", fast=True)
   assert [r["checkpoint_step"] for r in sweep["rows"]] == steps
   assert all("mnist_fd@8" in r for r in sweep["rows"])

@@ -20,8 +20,12 @@ import argparse
 p = argparse.ArgumentParser(); common.add_common_args(p)
 config, _ = common.build_config(p.parse_args(["--config", (cfg if cfg.startswith("/") else f"{root}/configs/{cfg}")]), **{"train.batch_size": 32})
 exp = common.build_experiment(config)
-state = common.init_state(exp)
-step = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+if hasattr(common, "init_state"):  # checkouts before ddpm_jax/experiment.py (5 Dec 2026)
+  state = common.init_state(exp)
+  step = train.compile_train_step(config, exp.model, exp.diffusion, exp.tx, exp.sampler, exp.mesh, state)
+else:
+  state = train.create_train_state(exp)
+  step = train.compile_train_step(exp, state)
 losses = []
 for i in range(3):
   b = common.synthetic_batch(exp, 32, leading=(1,), seed=i)

@@ -121,6 +121,20 @@ def get_image_shape(data_config, *, data_dir=None):
   return _output_shape(data_config, shape)
 
 
+def model_image_shape(data_config, *, data_dir=None):
+  """(H, W, C) of the images the model sees, without the dataset on disk when its name is known.
+
+  For the datasets the configs name (`sources.KNOWN_IMAGE_SHAPES`) the shape follows from the name and
+  `image_size`, so sampling and bits/dim set-up never need a prepared dataset; any other name is looked up
+  in its prepared tfds metadata (as `get_image_shape`).
+  """
+  validate_data_config(data_config)
+  name = data_config["name"]
+  if name in sources.KNOWN_IMAGE_SHAPES:
+    return _output_shape(data_config, sources.KNOWN_IMAGE_SHAPES[name])
+  return get_image_shape(data_config, data_dir=data_dir)
+
+
 def _output_shape(data_config, stored_shape):
   height, width, channels = stored_shape
   size = data_config["image_size"]

@@ -20,6 +20,18 @@ DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 # training machines.
 PREPARE_COMMAND = "tfds build {name} --file_format=array_record --data_dir={data_dir}"
 
+# Stored image shapes (H, W, C) of the datasets the shipped configs name, so that building a model for
+# sampling or evaluation does not need the dataset prepared (None: the size varies; LSUN needs image_size).
+# Checked against the prepared dataset whenever training reads it.
+KNOWN_IMAGE_SHAPES = {
+    mnist5k.NAME: (28, 28, 1),
+    "mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "celeb_a_hq/256": (256, 256, 3),
+    "lsun/bedroom": (None, None, 3),
+    "lsun/church_outdoor": (None, None, 3),
+}
+
 
 class DatasetNotPreparedError(FileNotFoundError):
   """A dataset is unknown to tfds or not prepared as ArrayRecord in the data dir."""

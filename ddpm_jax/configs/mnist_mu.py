@@ -24,11 +24,7 @@ vary up to 2× by day), then `--mode eval`: MNIST-FD@500 45.8, MNIST-IS 5.71, 48
 confident; ε + L_simple at the same budget: 72.5, 5.04, 43%. About half the samples are clearly one digit.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddpm_jax.configs import mnist_common
 
 
 def get_config(arg=None):

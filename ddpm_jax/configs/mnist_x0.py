@@ -4,11 +4,7 @@
   python -m ddpm_jax.main --config configs/mnist_x0.py --workdir runs/mnist_x0
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddpm_jax.configs import mnist_common
 
 
 def get_config(arg=None):

@@ -9,11 +9,7 @@ the μ study (docs/mu_study.md, same budget as the main job): far behind configs
 are broken strokes.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddpm_jax.configs import mnist_common
 
 
 def get_config(arg=None):

@@ -4,11 +4,7 @@ mnist_mu.py (T = 1000, 100-step respaced sampling with Σ = β̃_t): the referen
   python -m ddpm_jax.main --config configs/mnist_eps.py --workdir runs/mnist_eps
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mnist_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddpm_jax.configs import mnist_common
 
 
 def get_config(arg=None):

@@ -1,0 +1,32 @@
+"""The shipped experiment configs, inside the package so that `pip install ddpm-jax` can run them.
+
+Each module has `get_config(arg=None)` (ml_collections' convention; `arg` is the text after the colon, e.g.
+`runlocal`). In a source checkout, `configs/` at the top level is a link to this folder, so
+`--config configs/mnist_mu.py` and the bare name `--config mnist_mu` load the same file.
+"""
+
+import os
+
+DIRECTORY = os.path.dirname(os.path.abspath(__file__))
+_HELPERS = ("__init__", "mnist_common")  # modules here that are not experiment configs
+
+
+def names() -> list[str]:
+  """The experiment configs shipped with the package: ['celebahq256', ..., 'mnist_mu', ...]."""
+  return sorted(f[:-3] for f in os.listdir(DIRECTORY) if f.endswith(".py") and f[:-3] not in _HELPERS)
+
+
+def resolve(spec: str) -> str:
+  """`--config` text → a config file path (with its ':variant' suffix kept).
+
+  A path to an existing file is returned unchanged; a bare name ('mnist_mu', 'mnist_mu.py', with or without
+  ':runlocal') is a shipped config. Anything else is an error naming the shipped configs.
+  """
+  path, colon, arg = spec.partition(":")
+  if os.path.isfile(path):
+    return spec
+  name = path[:-3] if path.endswith(".py") else path
+  if os.sep not in path and "/" not in path and name in names():
+    return os.path.join(DIRECTORY, name + ".py") + colon + arg
+  raise FileNotFoundError(f"--config={spec!r} is neither a config file nor a shipped config name; shipped: "
+                          f"{', '.join(names())} (e.g. --config mnist_mu:runlocal).")
