@@ -29,6 +29,7 @@ from ddpm_jax import checkpointing
 from ddpm_jax import config_lib
 from ddpm_jax import diffusion as diffusion_lib
 from ddpm_jax import fileio
+from ddpm_jax import params_dir as params_dir_lib
 from ddpm_jax import resample
 from ddpm_jax import sharding
 from ddpm_jax.data import pipeline as data_pipeline
@@ -246,3 +247,30 @@ class Experiment:
     finally:
       manager.close()
     return int(restored["step"]), restored[field]
+
+  def load_params(self, directory: str) -> tuple[int, Any, dict]:
+    """→ (step, parameters, description) from a parameter directory (`params_dir`, e.g. a converted TF
+    checkpoint), after checking that it was written for this config's network, data shape and chain.
+    The step is the source checkpoint's global step (0 if it had none)."""
+    info = params_dir_lib.read_info(directory)
+    params_dir_lib.check_compatible(info, self.config, directory=directory)
+    if tuple(info.get("image_shape", ())) != tuple(self.image_shape):
+      raise params_dir_lib.ParamsDirError(
+          f"--params {directory} holds parameters for {tuple(info.get('image_shape', ()))} images, but this "
+          f"config's data gives {tuple(self.image_shape)}.")
+    params = params_dir_lib.read_params(directory, expected=self.abstract_params())
+    params = jax.device_put(params, sharding.replicated(self.mesh))
+    return int(info.get("step") or 0), params, info
+
+  def inference_params(self, workdir: str | None, *, params_dir: str | None = None, step: int | None = None,
+                       use_ema: bool = True) -> tuple[int, Any, str]:
+    """→ (step, parameters, 'ema' | 'raw') for sampling and evaluation: from `params_dir` when given (a
+    converted checkpoint; `step` must then be None), else from the workdir's checkpoints."""
+    if params_dir:
+      if step is not None:
+        raise ValueError(f"--step={step} selects a workdir checkpoint, but --params {params_dir} holds one "
+                         "parameter set; drop one of the two.")
+      ckpt_step, params, info = self.load_params(params_dir)
+      return ckpt_step, params, info["params"]
+    ckpt_step, params = self.restore_params(workdir, step=step, use_ema=use_ema)
+    return ckpt_step, params, "ema" if use_ema else "raw"

@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ddpm_jax import configs
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config: a file (configs/mnist_mu.py) or a shipped "
                                 "config's bare name (mnist_mu), then an optional :variant (:runlocal).",
@@ -32,6 +34,9 @@ flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "bpd", "sweep"],
                   "sample metrics (MNIST-FD or FID/IS); bpd: the full bound, term by term, with rate/"
                   "distortion (JSON + PNG); sweep: eval over a range of checkpoints (--steps, --fast).")
 flags.DEFINE_integer("step", None, "Checkpoint step for --mode sample/eval/bpd (default: the latest).")
+flags.DEFINE_string("params", None, "--mode sample/eval/bpd: a parameter directory (e.g. a converted TF "
+                    "checkpoint, `python -m ddpm_jax.models.convert`) instead of the workdir's checkpoints; "
+                    "outputs still go to --workdir.")
 flags.DEFINE_string("steps", "all", "--mode sweep: 'all', 'A:B' (kept steps in [A, B]) or 'A,B,C'.")
 flags.DEFINE_bool("fast", False, "--mode sweep: eval.fast_num_samples samples and eval.fast_num_examples "
                   "test images per checkpoint.")
@@ -68,39 +73,27 @@ def main(argv):
   config = FLAGS.config
   # Local paths are made absolute (Orbax needs that); URLs such as gs://bucket/run are kept as they are.
   workdir = FLAGS.workdir if "://" in FLAGS.workdir else os.path.abspath(FLAGS.workdir)
+  if FLAGS.params and FLAGS.mode not in ("sample", "eval", "bpd"):
+    raise app.UsageError(f"--params applies to --mode sample, eval and bpd, not --mode {FLAGS.mode}.")
   if FLAGS.mode == "train":
     from ddpm_jax import train  # pylint: disable=g-import-not-at-top
     result = train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == "sample":
-    result = run_modes.sample(config, workdir, step=FLAGS.step)
+    result = run_modes.sample(config, workdir, step=FLAGS.step, params_dir=FLAGS.params)
   elif FLAGS.mode == "bpd":
-    result = run_modes.bpd(config, workdir, step=FLAGS.step)
+    result = run_modes.bpd(config, workdir, step=FLAGS.step, params_dir=FLAGS.params)
   elif FLAGS.mode == "sweep":
     result = run_modes.sweep(config, workdir, steps=FLAGS.steps, fast=FLAGS.fast)
   else:
-    result = run_modes.evaluate(config, workdir, step=FLAGS.step)
+    result = run_modes.evaluate(config, workdir, step=FLAGS.step, params_dir=FLAGS.params)
   print(json.dumps(result, indent=2, default=str))
-
-
-def resolve_config_argument(argv: list[str]) -> list[str]:
-  """Rewrites a bare config name (`--config mnist_mu:runlocal`) to the shipped file's path, so the command
-  works from any folder after `pip install`; file paths pass through unchanged."""
-  from ddpm_jax import configs  # pylint: disable=g-import-not-at-top
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-      out[i] = "--config=" + configs.resolve(value)
-    elif arg == "--config" and i + 1 < len(out):
-      out[i + 1] = configs.resolve(out[i + 1])
-  return out
 
 
 def run(argv=None):
   """Console-script and `python -m ddpm_jax.main` entry point (`ddpm-jax`)."""
   argv = sys.argv if argv is None else argv
   try:
-    argv = resolve_config_argument(argv)
+    argv = configs.resolve_argv(argv)
   except FileNotFoundError as e:
     print(f"ddpm-jax: error: {e}", file=sys.stderr)
     sys.exit(2)

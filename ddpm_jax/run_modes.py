@@ -40,13 +40,13 @@ def _write_json(path: str, value: dict) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def sample(config, workdir: str, *, step: int | None = None) -> dict:
+def sample(config, workdir: str, *, step: int | None = None, params_dir: str | None = None) -> dict:
   """Writes exactly `sample.num_samples` samples (uint8 .npz and a PNG grid) from a checkpoint, and the
   progressive x̂_0 strip of `sample.progressive_rows` chains (ancestral sampler only)."""
   exp = experiment_lib.Experiment(config)
   workdir = experiment_lib.resolve_workdir(workdir)
   s = config.sample
-  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=s.use_ema)
+  ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step, use_ema=s.use_ema)
   key = experiment_lib.stream_key(config.seed, "sample")
   images = sampling.generate_samples(sampling.make_sample_fn(exp), params, key=key, num_samples=s.num_samples,
                                      batch_size=s.batch_size, mesh=exp.mesh, desc="sampling")
@@ -54,7 +54,9 @@ def sample(config, workdir: str, *, step: int | None = None) -> dict:
   out_dir = fileio.join(workdir, "samples")
   result = {"checkpoint_step": ckpt_step, "num_samples": int(len(images)), "sampler": s.sampler,
             "sampling_steps": sampling.create_sampling_diffusion(config, exp.diffusion).num_timesteps,
-            "skip_type": s.skip_type, "params": "ema" if s.use_ema else "raw", "seed": int(config.seed)}
+            "skip_type": s.skip_type, "params": which, "seed": int(config.seed)}
+  if params_dir:
+    result["params_dir"] = params_dir
   strip = None
   if s.progressive_rows and s.sampler == "ancestral" and exp.model.num_classes is None:
     strip, recorded = sampling.progressive_strip(exp, params, key=experiment_lib.substream_key(key, "progressive"),
@@ -82,20 +84,20 @@ def sample(config, workdir: str, *, step: int | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def bpd(config, workdir: str, *, step: int | None = None) -> dict:
+def bpd(config, workdir: str, *, step: int | None = None, params_dir: str | None = None) -> dict:
   """The full bound (all T terms + prior, `calc_bpd_loop`) over `data.eval_split` (`eval.num_examples`
   images, 0 = all), with its per-timestep terms, as bpd_step{N}.json and bpd_step{N}.png in the workdir."""
   exp = experiment_lib.Experiment(config)
   workdir = experiment_lib.resolve_workdir(workdir)
-  use_ema = config.eval.use_ema
-  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=use_ema)
+  ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step,
+                                                  use_ema=config.eval.use_ema)
   T = exp.diffusion.num_timesteps
   report = likelihood.bound_terms_over_split(
       config, likelihood.make_bound_terms_fn(exp), params, exp.mesh,
       key=experiment_lib.stream_key(config.seed, "eval"), num_examples=config.eval.num_examples,
       desc="full bound")
   report = {"checkpoint_step": ckpt_step, "split": config.data.eval_split,
-            "params": "ema" if use_ema else "raw", "method": "full bound (all T terms)",
+            "params": which, "method": "full bound (all T terms)",
             "num_timesteps": T, "clip_denoised": bool(config.eval.clip_denoised), **report}
   if _is_main():
     report["json"] = _write_json(fileio.join(workdir, f"bpd_step{ckpt_step}.json"), report)
@@ -182,10 +184,11 @@ def _inception_params(path):
   return _INCEPTION_PARAMS[path]
 
 
-def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples) -> dict[str, Any]:
-  use_ema = config.eval.use_ema
-  ckpt_step, params = exp.restore_params(workdir, step=step, use_ema=use_ema)
-  res = {"checkpoint_step": ckpt_step, "params": "ema" if use_ema else "raw",
+def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples,
+                     params_dir: str | None = None) -> dict[str, Any]:
+  ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step,
+                                                  use_ema=config.eval.use_ema)
+  res = {"checkpoint_step": ckpt_step, "params": which,
          "split": config.data.eval_split, "bpd_method": likelihood.bpd_method(config)}
   bpd_res = likelihood.evaluate_bpd(config, likelihood.make_bpd_fn(exp, full_bound=config.eval.full_bound),
                                     params, exp.mesh, key=experiment_lib.stream_key(config.seed, "eval"),
@@ -198,12 +201,12 @@ def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples) -
   return res
 
 
-def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
+def evaluate(config, workdir: str, *, step: int | None = None, params_dir: str | None = None) -> dict:
   """Bits/dim on `data.eval_split` and sample-quality metrics of `eval.num_samples` samples, written to
   eval_step{N}.json and appended to the workdir's eval_history.jsonl."""
   exp = experiment_lib.Experiment(config)
   workdir = experiment_lib.resolve_workdir(workdir)
-  res = _eval_checkpoint(config, workdir, exp, step, num_samples=config.eval.num_samples,
+  res = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir, num_samples=config.eval.num_samples,
                          num_examples=config.eval.num_examples)
   if _is_main():
     res["json"] = _write_json(fileio.join(workdir, f"eval_step{res['checkpoint_step']}.json"), res)

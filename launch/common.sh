@@ -387,8 +387,12 @@ do_setup() {
   else
     # One tarball of the working tree (without .git, the local venv and what .gitignore names) goes to
     # every worker; unpacking into a fresh directory avoids scp --recurse nesting into an existing one.
+    # tar reads .gitignore's directory patterns (`__pycache__/`, `build/`) only at the top, so the build
+    # and cache folders are also excluded by name.
     local tarball="${TMPDIR:-/tmp}/ddpm-jax-src-$NAME.tar.gz"
-    run tar -C "$REPO_ROOT" --exclude-vcs --exclude-vcs-ignores --exclude=.venv -czf "$tarball" . || return
+    run tar -C "$REPO_ROOT" --exclude-vcs --exclude-vcs-ignores --exclude=.venv --exclude=__pycache__ \
+      --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=.pytest_cache --exclude=./runs \
+      -czf "$tarball" . || return
     gcloud_scope
     run gcloud compute tpus tpu-vm scp "$tarball" "$NAME:ddpm-jax-src.tar.gz" "${SCOPE[@]}" --worker=all ||
       return

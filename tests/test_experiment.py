@@ -154,7 +154,6 @@ def test_inference_builds_no_optimizer_no_timestep_sampler_and_reads_no_dataset(
 
 
 def test_config_argument_accepts_paths_and_shipped_names(tmp_path):
-  from ddpm_jax import main  # pylint: disable=g-import-not-at-top
   shipped = os.path.join(configs.DIRECTORY, "mnist_mu.py")
   assert configs.resolve("mnist_mu:runlocal") == shipped + ":runlocal"
   assert configs.resolve("mnist_mu.py") == shipped
@@ -165,6 +164,6 @@ def test_config_argument_accepts_paths_and_shipped_names(tmp_path):
     configs.resolve("mnist_nu")
   with pytest.raises(FileNotFoundError, match=r"--config='sub/mnist_mu.py' is neither"):
     configs.resolve("sub/mnist_mu.py")  # a missing path is not taken for a name
-  argv = main.resolve_config_argument(["prog", "--config", "mnist_eps", "--config=mnist_x0:runlocal", "--mode=eval"])
+  argv = configs.resolve_argv(["prog", "--config", "mnist_eps", "--config=mnist_x0:runlocal", "--mode=eval"])
   assert argv == ["prog", "--config", os.path.join(configs.DIRECTORY, "mnist_eps.py"),
                   "--config=" + os.path.join(configs.DIRECTORY, "mnist_x0.py") + ":runlocal", "--mode=eval"]

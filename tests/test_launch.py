@@ -197,7 +197,10 @@ def test_setup_copies_the_working_tree_to_all_workers_and_installs_the_tpu_extra
   assert ssh[:6] == ["compute", "tpus", "tpu-vm", "ssh", "ddpm-v3", *SCOPE] and "--worker=all" in ssh
   with tarfile.open(tarball) as tar:
     names = {n.removeprefix("./") for n in tar.getnames()}
-  assert {"setup.py", "launch/common.sh", "ddpm_jax/main.py", CONFIG} <= names
+    link = tar.getmember("./configs")
+  # The configs live in the package; the top-level configs/ travels as the link to them.
+  assert {"setup.py", "launch/common.sh", "ddpm_jax/main.py", "ddpm_jax/" + CONFIG} <= names
+  assert link.issym() and link.linkname == "ddpm_jax/configs"
   assert not any(n.split("/")[0] in (".git", ".venv") or "__pycache__" in n for n in names)
 
   # What the workers would run: unpack into ~/ddpm-jax, make the venv, pip install -e ".[tpu]".
@@ -208,6 +211,7 @@ def test_setup_copies_the_working_tree_to_all_workers_and_installs_the_tpu_extra
   ok(subprocess.run(["bash", "-c", ssh_command(ssh)], env=worker_env, capture_output=True, text=True,
                     timeout=60))
   assert (home / "ddpm-jax" / "setup.py").read_bytes() == (REPO / "setup.py").read_bytes()
+  assert (home / "ddpm-jax" / CONFIG).read_bytes() == (REPO / CONFIG).read_bytes()  # through the link
   assert not (home / "ddpm-jax" / "stale.py").exists()
   assert (home / "pip.log").read_text().splitlines() == [
       "install -q -U pip", f"install -q -e {home}/ddpm-jax[tpu]"]

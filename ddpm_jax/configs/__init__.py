@@ -30,3 +30,15 @@ def resolve(spec: str) -> str:
     return os.path.join(DIRECTORY, name + ".py") + colon + arg
   raise FileNotFoundError(f"--config={spec!r} is neither a config file nor a shipped config name; shipped: "
                           f"{', '.join(names())} (e.g. --config mnist_mu:runlocal).")
+
+
+def resolve_argv(argv: list[str]) -> list[str]:
+  """A command line with its `--config` value (`--config X` or `--config=X`) passed through `resolve`, so a
+  bare name (`--config mnist_mu:runlocal`) works from any folder after `pip install`."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + resolve(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve(out[i + 1])
+  return out

@@ -12,8 +12,14 @@ needed. `params_from_named_arrays` does the mapping and validation from a plain 
 TensorFlow; `params_from_tf_checkpoint` reads the TF files with TensorFlow, an optional extra
 (`pip install 'ddpm-jax[convert]'`) imported only inside `read_tf_checkpoint`.
 
-Command line (writes an Orbax StandardCheckpointer checkpoint of {'params': params}):
-  python -m ddpm_jax.models.convert --tf_checkpoint PATH --config CONFIG --out DIR [--raw]
+Command line: any experiment config (a file or a shipped name, with `--config.*` overrides) decides the
+network, its output channels (from diffusion.mean_type / var_type) and the image shape (from config.data);
+the checkpoint is validated against that network, naming every variable that disagrees, and written as a
+parameter directory (`ddpm_jax.params_dir`: params.npz + params.json recording the config, the source and
+its global step) that `--mode sample | eval | bpd --params DIR` reads:
+  python -m ddpm_jax.models.convert --tf_checkpoint PATH --config configs/cifar10_eps_simple.py --out DIR [--raw]
+PATH is a TF checkpoint prefix or directory (needs TensorFlow, the `[convert]` extra), or an `.npz` of the
+checkpoint's variables keyed by their original names (dumped once on a machine with TensorFlow).
 """
 
 import os
@@ -187,7 +193,7 @@ def read_tf_checkpoint(path: str, *, scope: str = SCOPE) -> dict[str, np.ndarray
     raise FileNotFoundError(f'Could not open a TF checkpoint at {path!r}: {e}') from e
   out = {}
   for name in reader.get_variable_to_shape_map():
-    if name.startswith(scope + '/') and _base_name(name)[1] != 'slot':
+    if (name.startswith(scope + '/') and _base_name(name)[1] != 'slot') or name == 'global_step':
       out[name] = np.asarray(reader.get_tensor(name))
   if not out:
     raise ValueError(f'The TF checkpoint at {path!r} has no variables under the scope {scope!r}.')
@@ -240,51 +246,87 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def save_params(params: Mapping[str, Any], out_dir: str) -> str:
-  """Writes {'params': params} with Orbax's StandardCheckpointer to abspath(out_dir); returns it."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  out_dir = os.path.abspath(out_dir)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out_dir, {'params': jax.tree.map(jnp.asarray, params)})
-  checkpointer.wait_until_finished()
-  return out_dir
+def read_named_arrays(path: str, *, scope: str = SCOPE) -> dict[str, np.ndarray]:
+  """{original variable name: array} from a TF checkpoint (prefix or directory; needs TensorFlow) or from an
+  `.npz` holding the same names (no TensorFlow). Optimizer slots are dropped; 'global_step' is kept."""
+  if str(path).endswith('.npz'):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'--tf_checkpoint {path}: no such file.')
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        named = {k: np.asarray(data[k]) for k in data.files
+                 if (k.startswith(scope + '/') and _base_name(k)[1] != 'slot') or k == 'global_step'}
+    except (OSError, ValueError, EOFError) as e:
+      raise ValueError(f'--tf_checkpoint {path} is not a readable .npz ({type(e).__name__}: {e}).') from None
+    if not any(k.startswith(scope + '/') for k in named):
+      raise CheckpointMismatchError(f'--tf_checkpoint {path} has no variables under the scope {scope!r}; '
+                                    "expected the original names, e.g. 'model/conv_in/W'.")
+    return named
+  return read_tf_checkpoint(path, scope=scope)
+
+
+def convert_to_params_dir(config, tf_checkpoint: str, out_dir: str, *, ema: bool = True) -> dict:
+  """The CLI's work: validate `config`, build its UNet, read and check the checkpoint, write `out_dir`.
+
+  Returns params.json's content. Raises CheckpointMismatchError naming every variable that disagrees with
+  the config's network (including the input channels the data implies).
+  """
+  # The layers above the network: imported here so that the library part needs only the UNet.
+  from ddpm_jax import experiment  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import params_dir  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  experiment.config_lib.validate(config)
+  image_shape = pipeline.model_image_shape(config.data)
+  model = experiment.create_model(config, image_shape)
+  named = read_named_arrays(tf_checkpoint)
+  in_ch = _in_channels(named, scope=SCOPE)
+  if in_ch != image_shape[-1]:
+    raise CheckpointMismatchError(
+        f'{tf_checkpoint}: model/conv_in/W takes {in_ch}-channel images, but config.data.name='
+        f'{config.data.name!r} gives {image_shape[-1]} channels; use the config of the checkpoint\'s dataset.')
+  params = params_from_named_arrays(named, model=model, ema=ema, image_size=image_shape[0])
+  step = int(named['global_step']) if 'global_step' in named else None
+  directory = params_dir.write(out_dir, params, config=config, image_shape=image_shape,
+                               source=os.path.abspath(tf_checkpoint), ema=ema, step=step)
+  return params_dir.read_info(directory)
 
 
 def main(argv):
-  """The CLI: convert --tf_checkpoint with the UNet of --config's `model` fields into --out."""
+  """The CLI: convert --tf_checkpoint with the network of --config into the parameter directory --out."""
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.models.unet import unet_from_config  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  config = f.config
-  if 'model' not in config:
-    raise ValueError(f'The config {f["config"].config_filename!r} has no `model` field.')
-  model = unet_from_config(config.model)
-  image_size = f.image_size
-  if image_size is None and 'data' in config and 'image_size' in config.data:
-    image_size = int(config.data.image_size)
-  params = params_from_tf_checkpoint(f.tf_checkpoint, ema=not f.raw, model=model,
-                                     image_size=image_size)
-  out = save_params(params, f.out)
-  count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
-  print(f'Wrote {"raw" if f.raw else "EMA"} parameters ({count:,} in {len(jax.tree.leaves(params))} '
-        f'arrays) to {out}')
+  try:
+    info = convert_to_params_dir(f.config, f.tf_checkpoint, f.out, ema=not f.raw)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    raise SystemExit(f'convert: error: {e}') from None
+  print(f'Wrote {info["params"]} parameters ({info["num_params"]:,} in {info["num_arrays"]} arrays'
+        f'{", global step " + str(info["step"]) if info["step"] is not None else ""}) for '
+        f'{tuple(info["image_shape"])} images to {os.path.abspath(f.out)}\n'
+        f'Use them with: python -m ddpm_jax.main --config {f["config"].config_filename} --params '
+        f'{os.path.abspath(f.out)} --workdir OUT --mode sample')
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('tf_checkpoint', None, 'TF checkpoint prefix or directory.', required=True)
-  config_flags.DEFINE_config_file('config', None, 'Config file with a `model` field.',
-                                  lock_config=True)
+  flags.DEFINE_string('tf_checkpoint', None, 'TF checkpoint prefix or directory, or an .npz of its '
+                      'variables by original name.', required=True)
+  config_flags.DEFINE_config_file('config', None, 'Experiment config: a file or a shipped name '
+                                  '(cifar10_eps_simple), with --config.* overrides.', lock_config=True)
   flags.mark_flags_as_required(['config'])
-  flags.DEFINE_string('out', None, 'Output directory for the Orbax checkpoint.', required=True)
+  flags.DEFINE_string('out', None, 'The parameter directory to write (must not hold parameters yet).',
+                      required=True)
   flags.DEFINE_bool('raw', False, 'Convert the raw variables instead of their EMA shadows.')
-  flags.DEFINE_integer('image_size', None,
-                       'Training resolution (default: config.data.image_size, else inferred).')
 
 
 if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import configs  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  try:
+    _argv = configs.resolve_argv(sys.argv)
+  except FileNotFoundError as _e:
+    raise SystemExit(f'convert: error: {_e}') from None
+  app.run(main, argv=_argv)

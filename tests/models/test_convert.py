@@ -8,6 +8,7 @@ wrong layer order, padding or normalisation in either would make them differ.
 """
 
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -271,16 +272,102 @@ def test_cifar10_names_are_the_original_ones():
                  for n in names)
 
 
-def test_save_params_writes_orbax_checkpoint_at_absolute_path(tmp_path, monkeypatch):
-  import orbax.checkpoint as ocp
-  monkeypatch.chdir(tmp_path)
-  params = {'conv_in': {'kernel': np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3),
-                        'bias': np.ones(3, np.float32)}}
-  out = convert.save_params(params, 'converted')
-  assert out == str(tmp_path / 'converted')
-  restored = ocp.StandardCheckpointer().restore(out)
-  np.testing.assert_array_equal(restored['params']['conv_in']['kernel'],
-                                params['conv_in']['kernel'])
+def _run(args, env, timeout=600):
+  """Runs a CLI in a subprocess; on failure the assertion shows its stderr."""
+  proc = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _cli_env(tmp_path):
+  # An empty data dir: sampling from converted parameters must not need (or prepare) any dataset.
+  data_dir = tmp_path / 'no_datasets'
+  data_dir.mkdir()
+  return dict(os.environ, JAX_PLATFORMS='cpu', TFDS_DATA_DIR=str(data_dir)), data_dir
+
+
+# Two shipped configs with their laptop variant (U-Net ch 32, ch_mult (1, 2), one block per level) and a
+# 20-step chain: an ε-model with learned Σ on CIFAR-10 shapes and the μ main job on the bundled digits.
+_CLI_CASES = {
+    'cifar10_eps_vlb_learned': dict(shape=(1, 32, 32, 3), attn=(16,), out_ch=6),
+    'mnist_mu': dict(shape=(1, 28, 28, 1), attn=(7,), out_ch=1),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_CLI_CASES))
+def test_convert_cli_then_sample_from_params_without_a_dataset(name, tmp_path):
+  case = _CLI_CASES[name]
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=case['shape']).astype(np.float32)
+  arch = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=case['attn'], out_ch=case['out_ch'])
+  named = _checkpoint_dict(arch, x, np.array([7], np.int32))
+  named['global_step'] = np.array(790000)
+  src = tmp_path / 'ckpt_vars.npz'
+  np.savez(src, **named)
+  env, data_dir = _cli_env(tmp_path)
+  config = [f'--config={name}:runlocal', '--config.diffusion.num_timesteps=20']
+  out = tmp_path / 'params'
+  proc = _run(['-m', 'ddpm_jax.models.convert', '--tf_checkpoint', str(src), *config, '--out', str(out)], env)
+  assert 'Wrote ema parameters' in proc.stdout and 'global step 790000' in proc.stdout
+  info = json.loads((out / 'params.json').read_text())
+  assert info['step'] == 790000 and info['params'] == 'ema' and info['image_shape'] == list(case['shape'][1:])
+  assert info['config']['diffusion']['num_timesteps'] == 20 and info['source'] == str(src)
+  with np.load(out / 'params.npz') as data:  # the EMA shadows, by Flax path
+    np.testing.assert_array_equal(data['conv_out/kernel'], named['model/conv_out/W' + EMA])
+  # Converting into the same directory again is refused, nothing is overwritten.
+  again = subprocess.run([sys.executable, '-m', 'ddpm_jax.models.convert', '--tf_checkpoint', str(src),
+                          *config, '--out', str(out)], env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode != 0 and 'already holds converted parameters' in again.stderr
+
+  workdir = tmp_path / 'samples_out'
+  proc = _run(['-m', 'ddpm_jax.main', *config, '--params', str(out), '--workdir', str(workdir),
+               '--mode', 'sample', '--config.sample.num_samples=3', '--config.sample.steps=4'], env)
+  result = json.loads(proc.stdout[proc.stdout.index('{'):])
+  images = np.load(result['npz'])['images']
+  assert images.shape == (3,) + case['shape'][1:] and images.dtype == np.uint8
+  assert os.path.exists(result['grid']) and result['checkpoint_step'] == 790000
+  assert result['params'] == 'ema' and result['params_dir'] == str(out)
+  assert not any(data_dir.iterdir())  # no dataset was prepared or read
+
+
+def test_bpd_from_params_and_mismatched_or_incomplete_params_dirs(tmp_path, data_root):
+  from ddpm_jax import experiment, params_dir, run_modes  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.configs import mnist_mu  # pylint: disable=g-import-not-at-top
+  config = mnist_mu.get_config('runlocal')
+  config.diffusion.num_timesteps = 20
+  config.data.data_dir = str(data_root / 'tfds')
+  config.eval.num_examples = 8
+  config.eval.batch_size = 8
+  rng = np.random.default_rng(3)
+  arch = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(7,), out_ch=1)
+  named = _checkpoint_dict(arch, rng.normal(size=(1, 28, 28, 1)).astype(np.float32), np.array([3], np.int32))
+  src = tmp_path / 'vars.npz'
+  np.savez(src, **named)
+  out = str(tmp_path / 'params')
+  convert.convert_to_params_dir(config, str(src), out)
+  result = run_modes.bpd(config, str(tmp_path / 'bpd_out'), params_dir=out)
+  assert result['num_examples'] == 8 and np.isfinite(result['total_bpd']) and result['checkpoint_step'] == 800000
+  # Another config's command: a one-line error naming the field and both values.
+  other = config.copy_and_resolve_references()
+  other.diffusion.var_type = 'fixedlarge'
+  with pytest.raises(params_dir.ParamsDirError,
+                     match=r"converted with config.diffusion.var_type='fixedsmall', but .* has "
+                           r"config.diffusion.var_type='fixedlarge'"):
+    experiment.Experiment(other).load_params(out)
+  wider = config.copy_and_resolve_references()
+  wider.model.ch = 64
+  with pytest.raises(params_dir.ParamsDirError, match=r"config.model.ch=32, but .* config.model.ch=64"):
+    experiment.Experiment(wider).load_params(out)
+  # An interrupted conversion (no params.json) never looks complete; a truncated params.npz is named.
+  os.remove(os.path.join(out, 'params.json'))
+  with pytest.raises(params_dir.ParamsDirError, match=r"has no params.json \(an interrupted conversion"):
+    experiment.Experiment(config).load_params(out)
+  # A checkpoint of 3-channel images does not fit the digits' config: named before anything is written.
+  rgb = _checkpoint_dict(arch, rng.normal(size=(1, 28, 28, 3)).astype(np.float32), np.array([3], np.int32))
+  np.savez(tmp_path / 'rgb.npz', **rgb)
+  with pytest.raises(convert.CheckpointMismatchError, match=r"takes 3-channel images.*gives 1 channels"):
+    convert.convert_to_params_dir(config, str(tmp_path / 'rgb.npz'), str(tmp_path / 'rgb_params'))
+  assert not os.path.exists(tmp_path / 'rgb_params')
 
 
 def test_reading_tf_checkpoint_without_tensorflow_says_what_to_install(monkeypatch):
@@ -346,22 +433,13 @@ def test_real_tf_checkpoint_ema_and_raw(original_case, tmp_path):
     np.testing.assert_array_equal(converted[f'unchecked:{name}'], named[name + EMA])
     np.testing.assert_array_equal(converted[f'0:{name}'], named[name])
 
-  # The command line: same checkpoint, a config file with the model fields, an Orbax output.
-  import orbax.checkpoint as ocp
-  config = tmp_path / 'tiny_config.py'
-  config.write_text(textwrap.dedent('''
-      import ml_collections
-      def get_config():
-        config = ml_collections.ConfigDict()
-        config.model = ml_collections.ConfigDict(dict(
-            ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
-            resamp_with_conv=True, out_ch=6))
-        config.data = ml_collections.ConfigDict(dict(image_size=8))
-        return config
-  '''))
+  # The command line on the same TF checkpoint: a shipped config shrunk to this network, a parameter directory.
+  env = dict(env, TFDS_DATA_DIR=str(tmp_path / 'no_datasets'))
   subprocess.run([_TF_PYTHON, '-m', 'ddpm_jax.models.convert', '--tf_checkpoint', prefix,
-                  '--config', str(config), '--out', str(tmp_path / 'orbax'), '--raw'],
+                  '--config=cifar10_eps_vlb_learned:runlocal', '--config.data.image_size=8',
+                  '--config.model.attn_resolutions=(4,)', '--out', str(tmp_path / 'params'), '--raw'],
                  check=True, env=env, timeout=300)
-  restored = ocp.StandardCheckpointer().restore(str(tmp_path / 'orbax'))['params']
-  np.testing.assert_array_equal(restored['mid']['attn_1']['q']['kernel'],
-                                named['model/mid/attn_1/q/W'])
+  with np.load(tmp_path / 'params' / 'params.npz') as data:
+    np.testing.assert_array_equal(data['mid/attn_1/q/kernel'], named['model/mid/attn_1/q/W'])
+  info = json.loads((tmp_path / 'params' / 'params.json').read_text())
+  assert info['params'] == 'raw' and info['image_shape'] == [8, 8, 3]
