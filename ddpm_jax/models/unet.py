@@ -148,6 +148,8 @@ class UNet(nn.Module):
     resamp_with_conv: convolutional down/upsampling (True, the original's setting) or pooling/repeat.
     num_classes: None for an unconditional model; otherwise a learned label embedding ('label_emb')
       is added to the timestep embedding and `y` is required.
+    null_class: the embedding gets one more row, label `num_classes`, the "no label" class that
+      classifier-free guidance trains by label dropout and samples as the unconditional model.
     num_heads: attention heads (Improved DDPM); 1 reproduces the original.
     num_head_channels: channels per head; overrides num_heads when set.
     use_scale_shift_norm: AdaGN res blocks (Improved DDPM) instead of adding temb before norm2.
@@ -171,6 +173,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   resamp_with_conv: bool = True
   num_classes: Optional[int] = None
+  null_class: bool = False
   num_heads: int = 1
   num_head_channels: Optional[int] = None
   use_scale_shift_norm: bool = False
@@ -222,7 +225,8 @@ class UNet(nn.Module):
 
     temb = TimestepEmbed(self.ch, name='temb', **kw)(t)
     if self.num_classes is not None:
-      temb = temb + nn.Embed(self.num_classes, 4 * self.ch, name='label_emb',
+      rows = self.num_classes + (1 if self.null_class else 0)
+      temb = temb + nn.Embed(rows, 4 * self.ch, name='label_emb',
                              param_dtype=self.param_dtype)(y).astype(temb.dtype)
 
     hs = [layers.Conv3x3(self.ch, name='conv_in', **kw)(x)]
@@ -285,6 +289,8 @@ def _check_fields(m: UNet) -> None:
   if m.num_classes is not None and (not isinstance(m.num_classes, (int, np.integer))
                                     or m.num_classes < 1):
     bad('num_classes', m.num_classes, 'None (unconditional) or a positive int')
+  if m.null_class and m.num_classes is None:
+    bad('null_class', m.null_class, 'False for an unconditional model (the null class is a label row)')
   if not isinstance(m.num_heads, (int, np.integer)) or m.num_heads < 1:
     bad('num_heads', m.num_heads, 'a positive int')
   if m.num_head_channels is not None and (
@@ -307,11 +313,13 @@ OUTPUT_RESIDUALS = ('none', 'identity', 'learned')
 # Fields of `config.model` that `unet_from_config` reads, with their defaults (None: required).
 _REQUIRED = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout', 'resamp_with_conv',
              'out_ch')
-_OPTIONAL = {'num_classes': None, 'num_heads': 1, 'num_head_channels': None,
+_OPTIONAL = {'num_classes': None, 'null_class': False, 'num_heads': 1, 'num_head_channels': None,
              'use_scale_shift_norm': False, 'dtype': 'float32', 'remat': False, 'output_scale': 1.0,
              'output_residual': 'none'}
 # Fields other parts of the project may keep in `config.model` that do not concern the network.
 _IGNORED = ('name',)
+# Training options in `config.model` that decide a network field: label_dropout > 0 trains a null class.
+_DERIVED = ('label_dropout',)
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -321,7 +329,7 @@ def unet_from_config(model_config: ml_collections.ConfigDict) -> UNet:
   Required fields: ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, out_ch.
   Optional: num_classes (None), num_heads (1), num_head_channels (None), use_scale_shift_norm (False),
   dtype ('float32' | 'bfloat16' | 'float16'), remat (False), output_scale (1.0), output_residual
-  ('none'). A 'name' field is ignored; any other field
+  ('none'), label_dropout (0.0; > 0 adds the null class). A 'name' field is ignored; any other field
   is an error (it would otherwise be silently dropped).
   """
   fields = dict(model_config.items()) if hasattr(model_config, 'items') else None
@@ -332,12 +340,21 @@ def unet_from_config(model_config: ml_collections.ConfigDict) -> UNet:
     raise ValueError(f'config.model is missing required field(s) {missing}; '
                      f'required: {list(_REQUIRED)}, optional: {sorted(_OPTIONAL)}.')
   unknown = sorted(k for k in fields if k not in _REQUIRED and k not in _OPTIONAL
-                   and k not in _IGNORED)
+                   and k not in _IGNORED and k not in _DERIVED)
   if unknown:
     raise ValueError(f'config.model has unknown field(s) {unknown}; accepted: '
-                     f'{list(_REQUIRED) + sorted(_OPTIONAL) + list(_IGNORED)}.')
+                     f'{list(_REQUIRED) + sorted(_OPTIONAL) + list(_IGNORED) + list(_DERIVED)}.')
   kwargs = {k: fields[k] for k in _REQUIRED}
   kwargs.update({k: fields.get(k, default) for k, default in _OPTIONAL.items()})
+  label_dropout = fields.get('label_dropout') or 0.0
+  if not isinstance(label_dropout, (int, float)) or isinstance(label_dropout, bool) or not 0 <= label_dropout < 1:
+    raise ValueError(f'config.model.label_dropout={label_dropout!r} is invalid: expected a probability in '
+                     '[0, 1) (0: no null class).')
+  if label_dropout > 0:
+    if kwargs['num_classes'] is None:
+      raise ValueError(f'config.model.label_dropout={label_dropout!r} is invalid: expected 0 for an '
+                       'unconditional model (set model.num_classes).')
+    kwargs['null_class'] = True
   dtype = kwargs['dtype']
   if isinstance(dtype, str):
     if dtype not in _DTYPES:

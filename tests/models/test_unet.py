@@ -319,3 +319,20 @@ def test_add_bias_gradient_is_the_sum_over_leading_axes():
   gy, gb = jax.grad(lambda y, b: jnp.sum(layers.add_bias(y, b) * w), argnums=(0, 1))(y, b)
   np.testing.assert_array_equal(gy, w)
   np.testing.assert_allclose(gb, w.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_label_dropout_adds_a_null_class_row():
+  base = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+              resamp_with_conv=True, out_ch=1, num_classes=10)
+  plain = unet_from_config(ml_collections.ConfigDict(base))
+  cfg = unet_from_config(ml_collections.ConfigDict(dict(base, label_dropout=0.1)))
+  assert not plain.null_class and cfg.null_class
+  x, t = jnp.zeros((2, 8, 8, 1)), jnp.zeros((2,), jnp.int32)
+  shapes = jax.eval_shape(cfg.init, jax.random.key(0), x, t, jnp.array([3, 10]))['params']
+  assert shapes['label_emb']['embedding'].shape == (11, 4 * 32)  # labels 0..9 and the null class 10
+  plain_shapes = jax.eval_shape(plain.init, jax.random.key(0), x, t, jnp.array([3, 9]))['params']
+  assert plain_shapes['label_emb']['embedding'].shape == (10, 4 * 32)
+  with pytest.raises(ValueError, match=r'label_dropout=1.0 is invalid: expected a probability in \[0, 1\)'):
+    unet_from_config(ml_collections.ConfigDict(dict(base, label_dropout=1.0)))
+  with pytest.raises(ValueError, match=r'label_dropout=0.1 is invalid: expected 0 for an unconditional'):
+    unet_from_config(ml_collections.ConfigDict(dict(base, num_classes=None, label_dropout=0.1)))
