@@ -44,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
       use_scale_shift_norm=False, dtype="float32", remat=False,
       output_scale=1.0,          # constant on the last conv's output (UNet.output_scale; 1: the original)
       output_residual="none",    # 'identity' / 'learned': a path from x_t to the output (UNet)
-      label_dropout=0.0))        # class-conditional: P(label → null class) in training; > 0 adds the null row
+      label_dropout=0.0,         # class-conditional: P(label → null class) in training; > 0 adds the null row
+      resblock_updown=False))    # Improved DDPM: res blocks do the down/upsampling (UNet.resblock_updown)
 
   # The diffusion (ddpm_jax.diffusion): T = 1000, linear β 1e-4 → 0.02, μ (xprev) + the true bound.
   config.diffusion = ml_collections.ConfigDict(dict(

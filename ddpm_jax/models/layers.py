@@ -2,7 +2,8 @@
 
 Every layer here reproduces one operation of the original TF1 network exactly (initialisers, padding,
 normalisation constants), so that released checkpoints load and run unchanged. The options added by
-Improved DDPM (Nichol & Dhariwal 2021: multi-head attention, scale-shift norm) are off by default.
+Improved DDPM (Nichol & Dhariwal 2021: multi-head attention, scale-shift norm, resampling res
+blocks) are off by default.
 
 Parameters are always created in `param_dtype` (float32); `dtype` is the computation dtype. Group
 normalisation and the attention softmax are computed in float32 whatever `dtype` is, because their
@@ -233,6 +234,20 @@ class Nin(nn.Module):
     return add_bias(y, bias.astype(self.dtype))
 
 
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+  """y[i, j] = mean of x[2i:2i+2, 2j:2j+2] over NHWC H and W (`downsample` without a conv)."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+  """y[i, j] = x[i // 2, j // 2] over NHWC H and W (nearest-neighbour ×2, `upsample` without a conv)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+# ResnetBlock.resample: the resampling the block applies to both of its paths (None: none).
+RESAMPLES = (None, 'up', 'down')
+
+
 class Downsample(nn.Module):
   """Halve H and W: 3×3 stride-2 conv (TF SAME padding) or 2×2 average pooling (`downsample`)."""
   with_conv: bool
@@ -247,7 +262,7 @@ class Downsample(nn.Module):
     if self.with_conv:
       x = Conv3x3(c, stride=2, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     else:
-      x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+      x = avg_pool_2x2(x)
     chex.assert_shape(x, (b, h // 2, w // 2, c))
     return x
 
@@ -265,7 +280,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    x = upsample_nearest_2x(x)
     if self.with_conv:
       x = Conv3x3(c, dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     chex.assert_shape(x, (b, 2 * h, 2 * w, c))
@@ -282,11 +297,19 @@ class ResnetBlock(nn.Module):
   With `use_scale_shift_norm` (Improved DDPM's AdaGN) the temb projection emits 2·out_ch channels
   [scale | shift] and the block computes swish(norm2(h)·(1 + scale) + shift) instead of adding the
   projection before norm2.
+
+  With `resample` 'up' or 'down' (Improved DDPM's `resblock_updown`, after BigGAN's residual
+  up/down-sampling blocks) the block also changes the resolution, with R the parameter-free resampling
+  (nearest ×2 repetition for 'up', 2×2 average pooling for 'down'):
+    h = conv1(R(swish(norm1(x)))),   shortcut = R(x)   (then NIN if the channels change),
+  and the rest as above, so the output is R(x) + conv2(...) at the new resolution. The parameters are
+  those of the plain block: R adds none.
   """
   out_ch: int
   dropout: float = 0.0
   deterministic: bool = True
   use_scale_shift_norm: bool = False
+  resample: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -294,9 +317,20 @@ class ResnetBlock(nn.Module):
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     b, h_, w_, c = x.shape
     chex.assert_shape(temb, (b, None))
+    if self.resample not in RESAMPLES:
+      raise ValueError(f'ResnetBlock.resample={self.resample!r} is invalid: expected one of {RESAMPLES}.')
+    if self.resample == 'down':
+      if h_ % 2 or w_ % 2:
+        raise ValueError(f'A downsampling ResnetBlock needs even H and W, got input shape {x.shape}.')
+      resample, h_, w_ = avg_pool_2x2, h_ // 2, w_ // 2
+    elif self.resample == 'up':
+      resample, h_, w_ = upsample_nearest_2x, 2 * h_, 2 * w_
+    else:
+      resample = lambda v: v
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = swish(GroupNorm(param_dtype=self.param_dtype, name='norm1')(x))
-    h = Conv3x3(self.out_ch, name='conv1', **kw)(h)
+    # Resample before conv1, on the normalised activations (so conv1 runs at the output resolution).
+    h = Conv3x3(self.out_ch, name='conv1', **kw)(resample(h))
 
     emb_ch = 2 * self.out_ch if self.use_scale_shift_norm else self.out_ch
     emb = Nin(emb_ch, name='temb_proj', **kw)(swish(temb))[:, None, None, :]
@@ -310,6 +344,7 @@ class ResnetBlock(nn.Module):
     h = nn.Dropout(rate=self.dropout, deterministic=self.deterministic)(h)
     h = Conv3x3(self.out_ch, init_scale=0.0, name='conv2', **kw)(h)
 
+    x = resample(x)
     if c != self.out_ch:
       x = Nin(self.out_ch, name='nin_shortcut', **kw)(x)
     chex.assert_shape(h, (b, h_, w_, self.out_ch))

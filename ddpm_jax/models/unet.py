@@ -4,7 +4,8 @@ With default options the network and its initialisation are those of the origina
 tree mirrors the original TF variable names one-to-one (`model/down_0/block_0/conv1/W` is
 `params['down_0']['block_0']['conv1']['kernel']`; see `ddpm_jax.models.convert`), so released
 checkpoints load unchanged. Options from Improved DDPM (Nichol & Dhariwal 2021) — class conditioning,
-multi-head attention, scale-shift norm — and bf16 compute / rematerialisation are off by default.
+multi-head attention, scale-shift norm, resampling res blocks — and bf16 compute / rematerialisation
+are off by default.
 
 Usage:
   model = UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
@@ -59,10 +60,10 @@ class _BlockOptions(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def res_block(self, out_ch: int, name: str) -> nn.Module:
+  def res_block(self, out_ch: int, name: str, *, resample: Optional[str] = None) -> nn.Module:
     cls = _RematResnetBlock if self.remat else layers.ResnetBlock
     return cls(out_ch=out_ch, dropout=self.dropout, deterministic=self.deterministic,
-               use_scale_shift_norm=self.use_scale_shift_norm, dtype=self.dtype,
+               use_scale_shift_norm=self.use_scale_shift_norm, resample=resample, dtype=self.dtype,
                param_dtype=self.param_dtype, name=name)
 
   def attn_block(self, name: str) -> nn.Module:
@@ -74,13 +75,15 @@ class DownLevel(_BlockOptions):
   """One resolution of the contracting path (the original 'down_{i}' scope).
 
   Returns the outputs of every res block (after its attention, if any) and of the downsampler: the
-  skip connections the expanding path consumes in reverse order.
+  skip connections the expanding path consumes in reverse order. The downsampler ('downsample') is a
+  `layers.Downsample`, or with `resblock_updown` a downsampling res block keeping the channel count.
   """
   out_ch: int = 0
   num_res_blocks: int = 0
   attn_resolutions: Sequence[int] = ()
   downsample: bool = False
   resamp_with_conv: bool = True
+  resblock_updown: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, temb: jax.Array) -> list[jax.Array]:
@@ -91,7 +94,9 @@ class DownLevel(_BlockOptions):
       if h.shape[1] in self.attn_resolutions:
         h = self.attn_block(f'attn_{i_block}')(h)
       outputs.append(h)
-    if self.downsample:
+    if self.downsample and self.resblock_updown:
+      outputs.append(self.res_block(self.out_ch, 'downsample', resample='down')(outputs[-1], temb))
+    elif self.downsample:
       outputs.append(layers.Downsample(
           with_conv=self.resamp_with_conv, dtype=self.dtype, param_dtype=self.param_dtype,
           name='downsample')(outputs[-1]))
@@ -113,13 +118,15 @@ class UpLevel(_BlockOptions):
   """One resolution of the expanding path (the original 'up_{i}' scope).
 
   Runs num_res_blocks + 1 res blocks, each on [h | skip] concatenated on channels with the skips
-  taken from the end of `skips`, then upsamples unless this is the top level.
+  taken from the end of `skips`, then upsamples unless this is the top level: with a `layers.Upsample`
+  ('upsample'), or with `resblock_updown` an upsampling res block of the same name keeping the channels.
   """
   out_ch: int = 0
   num_res_blocks: int = 0
   attn_resolutions: Sequence[int] = ()
   upsample: bool = False
   resamp_with_conv: bool = True
+  resblock_updown: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, skips: Sequence[jax.Array], temb: jax.Array) -> jax.Array:
@@ -129,7 +136,9 @@ class UpLevel(_BlockOptions):
       h = self.res_block(self.out_ch, f'block_{i_block}')(jnp.concatenate([h, skip], axis=-1), temb)
       if h.shape[1] in self.attn_resolutions:
         h = self.attn_block(f'attn_{i_block}')(h)
-    if self.upsample:
+    if self.upsample and self.resblock_updown:
+      h = self.res_block(self.out_ch, 'upsample', resample='up')(h, temb)
+    elif self.upsample:
       h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=self.dtype,
                           param_dtype=self.param_dtype, name='upsample')(h)
     return h
@@ -153,6 +162,12 @@ class UNet(nn.Module):
     num_heads: attention heads (Improved DDPM); 1 reproduces the original.
     num_head_channels: channels per head; overrides num_heads when set.
     use_scale_shift_norm: AdaGN res blocks (Improved DDPM) instead of adding temb before norm2.
+    resblock_updown: Improved DDPM's residual resampling (BigGAN-style): each level transition is a res
+      block that resamples inside it (`layers.ResnetBlock(resample='down'/'up')`, channels unchanged)
+      instead of a Downsample/Upsample layer. Its parameters take the replaced layer's scope,
+      'down_{i}/downsample' and 'up_{i}/upsample' (norm1, conv1, temb_proj, norm2, conv2), and
+      `resamp_with_conv` no longer matters. False (the original) leaves the network and its parameter
+      names unchanged.
     dtype: computation dtype (e.g. jnp.bfloat16); norms and softmax stay float32, the output is float32.
     param_dtype: parameter dtype, float32.
     remat: rematerialise each res block in the backward pass (less memory, more compute).
@@ -177,6 +192,7 @@ class UNet(nn.Module):
   num_heads: int = 1
   num_head_channels: Optional[int] = None
   use_scale_shift_norm: bool = False
+  resblock_updown: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
@@ -234,7 +250,8 @@ class UNet(nn.Module):
       hs += DownLevel(
           out_ch=self.ch * self.ch_mult[i_level], num_res_blocks=self.num_res_blocks,
           attn_resolutions=tuple(self.attn_resolutions), downsample=i_level != num_levels - 1,
-          resamp_with_conv=self.resamp_with_conv, name=f'down_{i_level}', **opts)(hs[-1], temb)
+          resamp_with_conv=self.resamp_with_conv, resblock_updown=self.resblock_updown,
+          name=f'down_{i_level}', **opts)(hs[-1], temb)
 
     h = MidLevel(name='mid', **opts)(hs[-1], temb)
 
@@ -243,7 +260,8 @@ class UNet(nn.Module):
       h = UpLevel(
           out_ch=self.ch * self.ch_mult[i_level], num_res_blocks=self.num_res_blocks,
           attn_resolutions=tuple(self.attn_resolutions), upsample=i_level != 0,
-          resamp_with_conv=self.resamp_with_conv, name=f'up_{i_level}', **opts)(h, skips, temb)
+          resamp_with_conv=self.resamp_with_conv, resblock_updown=self.resblock_updown,
+          name=f'up_{i_level}', **opts)(h, skips, temb)
     assert not hs, 'every skip connection must be consumed'
 
     h = layers.swish(layers.GroupNorm(param_dtype=self.param_dtype, name='norm_out')(h))
@@ -296,6 +314,8 @@ def _check_fields(m: UNet) -> None:
   if m.num_head_channels is not None and (
       not isinstance(m.num_head_channels, (int, np.integer)) or m.num_head_channels < 1):
     bad('num_head_channels', m.num_head_channels, 'None or a positive int')
+  if not isinstance(m.resblock_updown, (bool, np.bool_)):
+    bad('resblock_updown', m.resblock_updown, 'a bool (False: the original Downsample/Upsample layers)')
   if (not isinstance(m.output_scale, (int, float, np.floating)) or isinstance(m.output_scale, bool)
       or not np.isfinite(m.output_scale) or m.output_scale <= 0):
     bad('output_scale', m.output_scale, 'a positive finite number (1.0: the original network)')
@@ -314,8 +334,8 @@ OUTPUT_RESIDUALS = ('none', 'identity', 'learned')
 _REQUIRED = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout', 'resamp_with_conv',
              'out_ch')
 _OPTIONAL = {'num_classes': None, 'null_class': False, 'num_heads': 1, 'num_head_channels': None,
-             'use_scale_shift_norm': False, 'dtype': 'float32', 'remat': False, 'output_scale': 1.0,
-             'output_residual': 'none'}
+             'use_scale_shift_norm': False, 'resblock_updown': False, 'dtype': 'float32', 'remat': False,
+             'output_scale': 1.0, 'output_residual': 'none'}
 # Fields other parts of the project may keep in `config.model` that do not concern the network.
 _IGNORED = ('name',)
 # Training options in `config.model` that decide a network field: label_dropout > 0 trains a null class.
@@ -328,9 +348,9 @@ def unet_from_config(model_config: ml_collections.ConfigDict) -> UNet:
 
   Required fields: ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, out_ch.
   Optional: num_classes (None), num_heads (1), num_head_channels (None), use_scale_shift_norm (False),
-  dtype ('float32' | 'bfloat16' | 'float16'), remat (False), output_scale (1.0), output_residual
-  ('none'), label_dropout (0.0; > 0 adds the null class). A 'name' field is ignored; any other field
-  is an error (it would otherwise be silently dropped).
+  resblock_updown (False), dtype ('float32' | 'bfloat16' | 'float16'), remat (False), output_scale (1.0),
+  output_residual ('none'), label_dropout (0.0; > 0 adds the null class). A 'name' field is ignored; any
+  other field is an error (it would otherwise be silently dropped).
   """
   fields = dict(model_config.items()) if hasattr(model_config, 'items') else None
   if fields is None:

@@ -1,5 +1,7 @@
 """Tests of the Flax DDPM U-Net: sizes, layer semantics against hand-computed cases, options."""
 
+import functools
+import hashlib
 import math
 
 import jax
@@ -336,3 +338,195 @@ def test_label_dropout_adds_a_null_class_row():
     unet_from_config(ml_collections.ConfigDict(dict(base, label_dropout=1.0)))
   with pytest.raises(ValueError, match=r'label_dropout=0.1 is invalid: expected 0 for an unconditional'):
     unet_from_config(ml_collections.ConfigDict(dict(base, num_classes=None, label_dropout=0.1)))
+
+
+# --- resblock_updown (Improved DDPM's residual up/down-sampling) -------------------------------------------
+
+
+def _closed_form_param_count(*, ch, ch_mult, num_res_blocks, attn_resolutions, size, in_ch, out_ch,
+                             resamp_with_conv=True, resblock_updown=False, use_scale_shift_norm=False):
+  """The U-Net's parameter count from its layer shapes, in plain Python (no Flax)."""
+  conv = lambda ci, co: 9 * ci * co + co   # 3×3 kernel + bias
+  dense = lambda ci, co: ci * co + co      # NIN / dense
+  norm = lambda c: 2 * c                   # GroupNorm scale + bias
+  emb = 4 * ch
+
+  def res(ci, co):  # norm1, conv1, temb_proj (2·co with scale-shift), norm2, conv2, NIN shortcut if ci ≠ co
+    return (norm(ci) + conv(ci, co) + dense(emb, (2 if use_scale_shift_norm else 1) * co) + norm(co)
+            + conv(co, co) + (dense(ci, co) if ci != co else 0))
+
+  attn = lambda c: norm(c) + 4 * dense(c, c)   # norm, q, k, v, proj_out
+  # A level transition at width c: a resampling res block (c → c), a 3×3 conv, or nothing (pool/repeat).
+  resample = lambda c: res(c, c) if resblock_updown else (conv(c, c) if resamp_with_conv else 0)
+
+  total = dense(ch, emb) + dense(emb, emb) + conv(in_ch, ch)   # temb dense0/dense1, conv_in
+  skips, cur, res_hw = [ch], ch, size
+  for i, mult in enumerate(ch_mult):
+    for _ in range(num_res_blocks):
+      total += res(cur, ch * mult) + (attn(ch * mult) if res_hw in attn_resolutions else 0)
+      cur = ch * mult
+      skips.append(cur)
+    if i != len(ch_mult) - 1:
+      total += resample(cur)
+      skips.append(cur)
+      res_hw //= 2
+  total += 2 * res(cur, cur) + attn(cur)   # mid
+  for i, mult in reversed(list(enumerate(ch_mult))):
+    for _ in range(num_res_blocks + 1):
+      total += res(cur + skips.pop(), ch * mult) + (attn(ch * mult) if res_hw in attn_resolutions else 0)
+      cur = ch * mult
+    if i != 0:
+      total += resample(cur)
+      res_hw *= 2
+  assert not skips
+  return total + norm(cur) + conv(cur, out_ch)   # norm_out, conv_out
+
+
+def test_closed_form_reproduces_the_paper_count():
+  # Anchors the formula itself on the published CIFAR-10 model (35.7M, Ho et al. 2020 App. B).
+  assert _closed_form_param_count(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+                                  size=32, in_ch=3, out_ch=3) == 35_746_307
+
+
+@pytest.mark.parametrize('resblock_updown,resamp_with_conv,use_scale_shift_norm', [
+    (False, True, False), (True, True, False), (True, False, True), (False, False, True)])
+def test_parameter_count_matches_closed_form(resblock_updown, resamp_with_conv, use_scale_shift_norm):
+  arch = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), out_ch=3)
+  opts = dict(resamp_with_conv=resamp_with_conv, use_scale_shift_norm=use_scale_shift_norm)
+  params, _ = _shapes(UNet(**arch, **opts, resblock_updown=resblock_updown), (16, 16))
+  count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+  assert count == _closed_form_param_count(**arch, **opts, resblock_updown=resblock_updown, size=16,
+                                           in_ch=3)
+  if resblock_updown:
+    # Each of the 4 transitions (widths 32, 64 down; 64, 64 up) trades its conv(c, c) (if any) for a
+    # res block (c, c): 2 norms, conv1, conv2, temb_proj of k·c outputs (k = 2 with scale-shift).
+    k = 2 if use_scale_shift_norm else 1
+    extra = sum(4 * c + 2 * (9 * c * c + c) + 4 * 32 * k * c + k * c - (9 * c * c + c) * resamp_with_conv
+                for c in (32, 64, 64, 64))
+    plain, _ = _shapes(UNet(**arch, **opts), (16, 16))
+    assert count - sum(math.prod(p.shape) for p in jax.tree.leaves(plain)) == extra
+
+
+def _tree_lines(params):
+  return sorted('/'.join(k.key for k in path) + ' ' + str(tuple(p.shape))
+                for path, p in jax.tree_util.tree_leaves_with_path(params))
+
+
+def test_resblock_updown_false_leaves_the_parameter_tree_unchanged():
+  params, _ = _shapes(UNet(**TINY, resblock_updown=False), (8, 8))
+  lines = _tree_lines(params)
+  # sha256 of the 144 sorted 'path shape' lines of UNet(**TINY), taken before resblock_updown existed
+  # (commit 6f5bbb5); the TF-checkpoint import depends on these names.
+  assert len(lines) == 144
+  assert hashlib.sha256('\n'.join(lines).encode()).hexdigest() == (
+      '3b802f326e42df95dfcc2715886a6d2258186c80ec501a957b230b3028103cfc')
+  assert [l for l in lines if 'sample' in l] == [
+      'down_0/downsample/conv/bias (32,)', 'down_0/downsample/conv/kernel (3, 3, 32, 32)',
+      'up_1/upsample/conv/bias (64,)', 'up_1/upsample/conv/kernel (3, 3, 64, 64)']
+  cfg = dict(TINY, resamp_with_conv=True)
+  without = unet_from_config(ml_collections.ConfigDict(cfg))
+  assert without.resblock_updown is False
+  with_false = unet_from_config(ml_collections.ConfigDict(dict(cfg, resblock_updown=False)))
+  assert _tree_lines(_shapes(without, (8, 8))[0]) == _tree_lines(_shapes(with_false, (8, 8))[0]) == lines
+
+
+def test_resblock_updown_is_validated_and_read_from_config():
+  with pytest.raises(ValueError, match=r"UNet.resblock_updown='yes' is invalid: expected a bool"):
+    UNet(**TINY, resblock_updown='yes')
+  cfg = ml_collections.ConfigDict(dict(TINY, resamp_with_conv=True, resblock_updown=True))
+  assert unet_from_config(cfg).resblock_updown is True
+  with pytest.raises(ValueError, match=r"ResnetBlock.resample='sideways' is invalid"):
+    jax.eval_shape(layers.ResnetBlock(32, resample='sideways').init, jax.random.key(0),
+                   jnp.zeros((1, 4, 4, 32)), jnp.zeros((1, 8)))
+
+
+def _avg_pool_np(x):
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _upsample_np(x):
+  return x.repeat(2, axis=1).repeat(2, axis=2)
+
+
+@pytest.mark.parametrize('resample', ['down', 'up'])
+def test_resampling_res_block_matches_its_description(resample):
+  """out = R(x) + conv2(dropout(swish(norm2(conv1(R(swish(norm1(x)))) + dense(swish(temb)))))), in NumPy."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 4, 4, 32)).astype(np.float32)
+  temb = rng.normal(size=(2, 16)).astype(np.float32)
+  block = layers.ResnetBlock(32, resample=resample)
+  params = jax.eval_shape(block.init, jax.random.key(0), x, temb)['params']
+  fan_in = lambda p: math.prod(p.shape[:-1]) if len(p.shape) > 1 else 4
+  params = jax.tree.map(lambda p: (rng.normal(size=p.shape) / math.sqrt(fan_in(p))).astype(np.float32), params)
+  got = np.asarray(block.apply({'params': params}, x, temb))
+
+  def gn(v, p):
+    vg = v.reshape(*v.shape[:3], 32, -1)
+    mean, var = vg.mean(axis=(1, 2, 4), keepdims=True), vg.var(axis=(1, 2, 4), keepdims=True)
+    return ((vg - mean) / np.sqrt(var + 1e-6)).reshape(v.shape) * p['scale'] + p['bias']
+
+  def conv(v, p):  # 3×3, stride 1, zero padding 1
+    vp = np.pad(v, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    h, w = v.shape[1:3]
+    return sum(vp[:, i:i + h, j:j + w] @ p['kernel'][i, j] for i in range(3) for j in range(3)) + p['bias']
+
+  swish = lambda v: v / (1 + np.exp(-v))
+  r = _avg_pool_np if resample == 'down' else _upsample_np
+  x64, p64 = x.astype(np.float64), jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+  h = conv(r(swish(gn(x64, p64['norm1']))), p64['conv1'])
+  h = h + (swish(temb.astype(np.float64)) @ p64['temb_proj']['kernel'] + p64['temb_proj']['bias'])[:, None, None]
+  want = r(x64) + conv(swish(gn(h, p64['norm2'])), p64['conv2'])
+  assert got.shape == want.shape == ((2, 2, 2, 32) if resample == 'down' else (2, 8, 8, 32))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resblock_updown_forward_gradients_and_identity_at_init():
+  model = UNet(**TINY, resblock_updown=True)
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.array([3, 700], jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), x, t)['params']
+  block_params = {'conv1', 'conv2', 'norm1', 'norm2', 'temb_proj'}
+  assert set(params['down_0']['downsample']) == set(params['up_1']['upsample']) == block_params
+  assert params['down_0']['downsample']['conv1']['kernel'].shape == (3, 3, 32, 32)
+  assert params['up_1']['upsample']['conv1']['kernel'].shape == (3, 3, 64, 64)
+
+  # At init conv2 is ~0 (scale 1e-10), so each transition is its parameter-free resampling of its input;
+  # with conv2 exactly 0, exactly so.
+  capture = jax.jit(lambda p: model.apply({'params': p}, x, t, capture_intermediates=True,
+                                          mutable=['intermediates']))
+
+  def transitions(p):
+    out, state = capture(p)
+    inter = state['intermediates']
+    get = lambda *path: np.asarray(functools.reduce(lambda d, k: d[k], path, inter)['__call__'][0])
+    return (out, get('down_0', 'block_0'), get('down_0', 'downsample'),   # TINY: no attention at 8×8
+            get('up_1', 'attn_1'), get('up_1', 'upsample'))
+
+  out, d_in, d_out, u_in, u_out = transitions(params)
+  assert out.shape == (2, 8, 8, 3) and np.all(np.isfinite(out))
+  assert d_out.shape == (2, 4, 4, 32) and u_out.shape == (2, 8, 8, 64)
+  np.testing.assert_allclose(d_out, _avg_pool_np(d_in), atol=1e-4 * np.abs(d_in).max())
+  np.testing.assert_allclose(u_out, _upsample_np(u_in), atol=1e-4 * np.abs(u_in).max())
+  zeroed = jax.tree.map(lambda p: p, params)
+  for level, name in (('down_0', 'downsample'), ('up_1', 'upsample')):
+    zeroed[level][name]['conv2'] = jax.tree.map(jnp.zeros_like, params[level][name]['conv2'])
+  _, d_in, d_out, u_in, u_out = transitions(zeroed)
+  np.testing.assert_allclose(d_out, _avg_pool_np(d_in), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(u_out, _upsample_np(u_in))
+
+  # Gradients reach every parameter of the resampling blocks (perturbed, so no layer is ~0).
+  fan_in = lambda p: math.prod(p.shape[:-1]) if p.ndim > 1 else 25
+  perturbed = jax.tree.map(
+      lambda p: p + jnp.asarray(rng.normal(size=p.shape) * 0.2 / math.sqrt(fan_in(p)), jnp.float32), params)
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(model.apply({'params': p}, x, t) ** 2)))(perturbed)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  for level, name in (('down_0', 'downsample'), ('up_1', 'upsample')):
+    for path, g in jax.tree_util.tree_leaves_with_path(grads[level][name]):
+      assert float(jnp.abs(g).max()) > 0, (level, name, jax.tree_util.keystr(path))
+
+  # remat and bfloat16 compute keep the same parameter tree.
+  for variant in (UNet(**TINY, resblock_updown=True, remat=True),
+                  UNet(**TINY, resblock_updown=True, dtype=jnp.bfloat16)):
+    assert _tree_lines(_shapes(variant, (8, 8))[0]) == _tree_lines(params)
