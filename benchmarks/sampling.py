@@ -27,6 +27,7 @@ from benchmarks import common  # noqa: E402
 from ddpm_jax import config_lib  # noqa: E402
 from ddpm_jax import experiment as experiment_lib  # noqa: E402
 from ddpm_jax import sampling  # noqa: E402
+from ddpm_jax import sharding  # noqa: E402
 
 SAMPLERS = ("ancestral", "ddim")
 
@@ -96,20 +97,24 @@ def main(argv=None) -> dict:
     sample_fn = sampling.make_sample_fn(exp, cfg)
 
     t0 = time.perf_counter()
-    compiled = sample_fn.lower(params, key, batch_size).compile()
+    labels = sampling.sample_labels(cfg, exp.model, num_images)
+    batch_labels = None if labels is None else jax.device_put(  # as generate_samples places them
+        np.resize(labels, batch_size).astype(np.int32), sharding.batch_sharding(exp.mesh))
+    compiled = sample_fn.lower(params, key, batch_size, batch_labels).compile()
     compile_s = time.perf_counter() - t0
 
-    def run(p, k, b, compiled=compiled):
+    def run(p, k, b, y, compiled=compiled):
       if b != batch_size:
         raise ValueError(f"compiled for batch {batch_size}, called with {b}")
-      return compiled(p, k)
+      return compiled(p, k, y)
 
     if warmup:
       sampling.generate_samples(run, params, key=experiment_lib.substream_key(key, "warmup"),
-                                num_samples=warmup * batch_size, batch_size=batch_size, mesh=exp.mesh)
+                                num_samples=warmup * batch_size, batch_size=batch_size, mesh=exp.mesh,
+                                labels=labels)
     t0 = time.perf_counter()
     images = sampling.generate_samples(run, params, key=key, num_samples=num_images, batch_size=batch_size,
-                                       mesh=exp.mesh)
+                                       mesh=exp.mesh, labels=labels)
     wall_s = time.perf_counter() - t0
     runs.append({
         "sampler": sampler,

@@ -362,7 +362,7 @@ def build_model(config: ml_collections.ConfigDict, image_shape: Sequence[int], *
     raise ValueError(f"layout={layout!r} is invalid: expected one of {LAYOUTS}.")
   flax_model = experiment_lib.create_model(config, image_shape)
   unsupported = {"num_classes": None, "num_heads": 1, "num_head_channels": None, "use_scale_shift_norm": False,
-                 "resamp_with_conv": True}
+                 "resamp_with_conv": True, "resblock_updown": False}
   for field, supported in unsupported.items():
     if getattr(flax_model, field) != supported:
       raise NotImplementedError(f"config.model.{field}={getattr(flax_model, field)!r} is not supported by the "

@@ -80,7 +80,11 @@ def default_config() -> ml_collections.ConfigDict:
       eta=0.0,                 # DDIM only
       skip_type="even",        # where the N steps go: even (Improved DDPM), uniform or quadratic (DDIM paper)
       progressive_rows=8,      # --mode sample: rows of the x̂_0-over-time strip (0: none)
-      clip_denoised=True, use_ema=True, num_samples=64, batch_size=64))
+      clip_denoised=True, use_ema=True, num_samples=64, batch_size=64,
+      # Class-conditional models: the labels cycled over the samples (empty: every class in turn) and the
+      # classifier-free guidance scale w (0: the null-class model, 1: plain conditional, > 1: guided).
+      labels=ml_collections.FieldReference((), field_type=tuple),
+      guidance_scale=1.0))
 
   # Evaluation: bits/dim on the eval split (--mode eval, and the end of training).
   config.eval = ml_collections.ConfigDict(dict(
@@ -96,6 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
       inception_reference_cache="",  # .npz of the reference statistics; default: next to the weights
       fid_reference_split="train",   # DDPM's FID reference: the training set (50k for CIFAR-10)
       fid_reference_num_examples=0,  # 0: the whole split
+      # Class-conditional models: --mode eval also samples at each of these guidance scales and reports
+      # the bundled classifier's agreement with the requested labels (mnist5k) beside MNIST-FD.
+      guidance_scales=ml_collections.FieldReference((0.0, 1.0, 2.0, 4.0), field_type=tuple),
   ))
   return config
 
@@ -192,6 +199,30 @@ def _check_float(config, field, low, high, *, low_open=False, high_open=False):
     _fail(field, value, f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
+def _check_labels_and_guidance(config) -> None:
+  """sample.labels / sample.guidance_scale / eval.guidance_scales against the model's classes."""
+  num_classes = config.model.get("num_classes")
+  null_class = (config.model.get("label_dropout") or 0) > 0
+  labels = tuple(config.sample.get("labels", ()) or ())
+  if labels:
+    if num_classes is None:
+      _fail("sample.labels", labels, "() for an unconditional model (set model.num_classes to condition)")
+    bad = [y for y in labels if not _is_int(y) or not 0 <= y < num_classes]
+    if bad:
+      _fail("sample.labels", labels, f"integers in [0, {num_classes}) (model.num_classes={num_classes})")
+  scales = [("sample.guidance_scale", config.sample.get("guidance_scale", 1.0))]
+  scales += [(f"eval.guidance_scales[{i}]", w) for i, w in enumerate(config.eval.get("guidance_scales", ()))]
+  for field, w in scales:
+    if not isinstance(w, numbers.Real) or isinstance(w, bool) or not w >= 0 or w == float("inf"):
+      _fail(field, w, "a finite guidance scale >= 0 (0: unconditional, 1: conditional, > 1: guided)")
+  w = config.sample.get("guidance_scale", 1.0)
+  if w != 1.0 and num_classes is None:
+    _fail("sample.guidance_scale", w, "1.0 for an unconditional model (guidance needs model.num_classes)")
+  if w != 1.0 and not null_class:
+    _fail("sample.guidance_scale", w, "1.0 unless the model has a null class (train with "
+          "model.label_dropout > 0 for classifier-free guidance)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first invalid field, its value and what would be accepted.
 
@@ -258,6 +289,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "sample.skip_type", diffusion_lib.SKIP_TYPES)
   _check_int(config, "sample.progressive_rows", 0)
   _check_int(config, "sample.num_samples", 1)
+  _check_labels_and_guidance(config)
   _check_int(config, "sample.batch_size", 1)
   _check_int(config, "eval.batch_size", 1)
   _check_int(config, "eval.num_examples", 0)

@@ -874,6 +874,27 @@ class GaussianDiffusion:
     return spaced
 
 
+def classifier_free_guidance(cond_output, uncond_output, scale, *, mean_channels: int) -> Array:
+  """Classifier-free guidance (Ho & Salimans 2022, eq. 6) on a raw network output [B, H, W, C or 2C].
+
+    out_w = out_∅ + w · (out_y − out_∅)      on the mean block [..., :C];
+    the variance block (learned Σ, [..., C:]) is the conditional one's.
+
+  w = 0 is the unconditional model, w = 1 the conditional one, w > 1 pushes samples towards the class.
+  Guiding the raw output is the same for every mean type: at fixed (x_t, t) each mean parameterization is an
+  affine function f of ε — ε itself; x₀ = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t; μ = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t — and
+  affine maps preserve affine combinations whose weights (1 − w, w) sum to 1:
+    f(ε_∅) + w·(f(ε_y) − f(ε_∅)) = (1 − w)·f(ε_∅) + w·f(ε_y) = f((1 − w)·ε_∅ + w·ε_y).
+  So μ-space guidance of an `xprev` model equals ε-space guidance of the ε it stands for (tested in float64).
+  """
+  chex.assert_equal_shape([cond_output, uncond_output])
+  mean = uncond_output[..., :mean_channels] + scale * (cond_output[..., :mean_channels]
+                                                       - uncond_output[..., :mean_channels])
+  if cond_output.shape[-1] == mean_channels:
+    return mean
+  return jnp.concatenate([mean, cond_output[..., mean_channels:]], axis=-1)
+
+
 def create_diffusion(*, beta_schedule: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
                      beta_end: float = 0.02, mean_type: str = "xprev", var_type: str = "fixedlarge",
                      loss_type: str = "kl", timestep_respacing: Any = None, mse_weight: str = "none",

@@ -52,6 +52,7 @@ STREAMS = {
 SUBSTREAMS = {
     "progressive": 10**6,  # in "sample": the chains of the progressive x̂_0 strip
     "warmup": 10**4,       # in "sample": the benchmarks' warm-up batches, apart from the timed ones
+    "label_dropout": 10**5,  # in a train step's dropout key: which labels become the null class
 }
 
 
@@ -63,7 +64,7 @@ def stream_key(seed: int, name: str) -> jax.Array:
 
 
 def substream_key(key: jax.Array, name: str) -> jax.Array:
-  """A named sub-stream (`SUBSTREAMS`) of a stream's key."""
+  """A named sub-stream (`SUBSTREAMS`) of a stream's (or a step's) key."""
   if name not in SUBSTREAMS:
     raise ValueError(f"random sub-stream {name!r} is not known; accepted: {sorted(SUBSTREAMS)}.")
   return jax.random.fold_in(key, SUBSTREAMS[name])
@@ -87,26 +88,48 @@ def step_keys(run_key: jax.Array, step: jax.Array) -> StepKeys:
   return StepKeys(*jax.random.split(jax.random.fold_in(run_key, step), 3))
 
 
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+  """Classifier-free guidance's label dropout: each label becomes `null_label` with probability `rate`."""
+  return jnp.where(jax.random.bernoulli(key, rate, labels.shape), null_label, labels)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The network call.
 # ------------------------------------------------------------------------------------------------------------
 
 
 def model_fn(model: unet_lib.UNet, params: Any, *, labels: jax.Array | None = None, train: bool = False,
-             dropout_key: jax.Array | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+             dropout_key: jax.Array | None = None,
+             guidance_scale: float = 1.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """→ f(x_t, t) = UNet(x_t, t, y; params), the function the diffusion math calls.
 
   labels: class labels [B] for a class-conditional model; ignored (None is passed) for an unconditional one.
   train: dropout on (needs `dropout_key`); off for sampling and the bound.
+  guidance_scale: w of classifier-free guidance (`diffusion.classifier_free_guidance`) for a model with a
+    null class: 1 is the plain conditional model, 0 the null-class (unconditional) one; any other w runs
+    the conditional and null labels as one batch of 2B (one network call) and combines the outputs.
   """
   y = labels if model.num_classes is not None else None
   if train and dropout_key is None:
     raise ValueError("model_fn(train=True) needs dropout_key.")
   rngs = {"dropout": dropout_key} if train else None
 
-  def fn(x, timesteps):
+  def apply(x, timesteps, y):
     return model.apply({"params": params}, x, timesteps, y, train=train, rngs=rngs)
-  return fn
+
+  if y is None or guidance_scale == 1.0:
+    return lambda x, timesteps: apply(x, timesteps, y)
+  if not model.null_class:
+    raise ValueError(f"guidance_scale={guidance_scale} needs a model with a null class (model.label_dropout > 0).")
+  null = jnp.full_like(y, model.num_classes)
+  if guidance_scale == 0.0:
+    return lambda x, timesteps: apply(x, timesteps, null)
+
+  def guided(x, timesteps):
+    both = apply(jnp.concatenate([x, x]), jnp.concatenate([timesteps, timesteps]), jnp.concatenate([y, null]))
+    cond, uncond = jnp.split(both, 2, axis=0)
+    return diffusion_lib.classifier_free_guidance(cond, uncond, guidance_scale, mean_channels=x.shape[-1])
+  return guided
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -48,8 +49,9 @@ def sample(config, workdir: str, *, step: int | None = None, params_dir: str | N
   s = config.sample
   ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step, use_ema=s.use_ema)
   key = experiment_lib.stream_key(config.seed, "sample")
+  labels = sampling.sample_labels(config, exp.model, s.num_samples)
   images = sampling.generate_samples(sampling.make_sample_fn(exp), params, key=key, num_samples=s.num_samples,
-                                     batch_size=s.batch_size, mesh=exp.mesh, desc="sampling")
+                                     batch_size=s.batch_size, mesh=exp.mesh, labels=labels, desc="sampling")
   tag = f"step{ckpt_step}_{sampling.sampler_tag(config)}"
   out_dir = fileio.join(workdir, "samples")
   result = {"checkpoint_step": ckpt_step, "num_samples": int(len(images)), "sampler": s.sampler,
@@ -57,6 +59,8 @@ def sample(config, workdir: str, *, step: int | None = None, params_dir: str | N
             "skip_type": s.skip_type, "params": which, "seed": int(config.seed)}
   if params_dir:
     result["params_dir"] = params_dir
+  if labels is not None:
+    result.update(guidance_scale=float(s.guidance_scale), labels=sorted(set(labels.tolist())))
   strip = None
   if s.progressive_rows and s.sampler == "ancestral" and exp.model.num_classes is None:
     strip, recorded = sampling.progressive_strip(exp, params, key=experiment_lib.substream_key(key, "progressive"),
@@ -67,9 +71,16 @@ def sample(config, workdir: str, *, step: int | None = None, params_dir: str | N
   if _is_main():
     npz = fileio.join(out_dir, f"{tag}.npz")
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=visualize.to_uint8(images))
+    arrays = {"images": visualize.to_uint8(images)}
+    if labels is not None:
+      arrays["labels"] = labels  # the class each image was drawn for
+    np.savez_compressed(buffer, **arrays)
     fileio.write_bytes(npz, buffer.getvalue())
-    grid = visualize.save_grid(fileio.join(out_dir, f"{tag}.png"), images[:min(len(images), 100)])
+    shown, ncol = images[:min(len(images), 100)], None
+    if labels is not None:  # one row per class when every class was drawn
+      shown, ncol = sampling.class_rows(images, labels, exp.model.num_classes)
+      shown = shown[:100]
+    grid = visualize.save_grid(fileio.join(out_dir, f"{tag}.png"), shown, ncol=ncol)
     result.update(npz=npz, grid=grid)
     if strip is not None:
       rows, cols = strip.shape[:2]
@@ -112,8 +123,12 @@ def bpd(config, workdir: str, *, step: int | None = None, params_dir: str | None
 # ------------------------------------------------------------------------------------------------------------
 
 
-def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, Any]:
-  """Sample-quality metrics of `num_samples` samples: MNIST-FD/IS (bundled digits) and/or FID/IS."""
+def sample_metrics(config, exp, params, *, key, num_samples: int, sample_fn=None) -> dict[str, Any]:
+  """Sample-quality metrics of `num_samples` samples: MNIST-FD/IS (bundled digits) and/or FID/IS; for a
+  class-conditional model on the digits also the classifier's agreement with the requested labels.
+
+  `sample_fn` (from `sampling.make_sample_fn`) lets a sweep compile the sampler once for every checkpoint.
+  """
   if not num_samples:
     return {}
   metrics: dict[str, Any] = {}
@@ -121,8 +136,10 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
   weights = config.eval.get("inception_weights") or ""
   if not digits and not weights:
     return {"sample_metrics": "none: set eval.inception_weights for FID/IS (see README, 'Metrics')"}
-  images = sampling.generate_samples(sampling.make_sample_fn(exp), params, key=key, num_samples=num_samples,
-                                  batch_size=config.sample.batch_size, mesh=exp.mesh, desc="metric samples")
+  labels = sampling.sample_labels(config, exp.model, num_samples)
+  images = sampling.generate_samples(sample_fn or sampling.make_sample_fn(exp), params, key=key,
+                                     num_samples=num_samples, batch_size=config.sample.batch_size, mesh=exp.mesh,
+                                     labels=labels, desc="metric samples")
   uint8 = visualize.to_uint8(images)
   if digits:
     from ddpm_jax.evaluation import mnist_classifier  # pylint: disable=g-import-not-at-top
@@ -133,10 +150,37 @@ def sample_metrics(config, exp, params, *, key, num_samples: int) -> dict[str, A
     score = mnist_classifier.mnist_is(uint8, splits=splits)
     metrics["mnist_is"] = score["mnist_is"]
     metrics["mnist_confident"] = mnist_classifier.confident_fraction(uint8)["mnist_confident"]
+    if labels is not None:
+      metrics["mnist_label_accuracy"] = mnist_classifier.label_accuracy(uint8, labels)["mnist_label_accuracy"]
   if weights:
     metrics.update(_inception_metrics(config, uint8, exp.mesh))
   metrics["sampler"] = sampling.sampler_tag(config)
   return metrics
+
+
+def guidance_curve(config, exp, params, *, key, num_samples: int) -> list[dict[str, Any]]:
+  """Sample metrics of a class-conditional model with a null class at each of `eval.guidance_scales`:
+  the fidelity (label accuracy) / diversity (MNIST-FD) trade-off of classifier-free guidance. Every scale
+  draws its samples from the same key and labels."""
+  rows = []
+  for w in config.eval.guidance_scales:
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+      cfg.sample.guidance_scale = float(w)
+    row = sample_metrics(cfg, exp, params, key=key, num_samples=num_samples,
+                         sample_fn=sampling.make_sample_fn(exp, cfg))
+    rows.append({"guidance_scale": float(w), **row})
+  return rows
+
+
+def guidance_table(rows: list[dict[str, Any]]) -> str:
+  """A markdown table of `guidance_curve` rows."""
+  keys = [k for k in rows[0] if k.startswith(("mnist_fd@", "fid@"))] + [
+      k for k in ("mnist_label_accuracy", "mnist_is", "mnist_confident", "inception_score") if k in rows[0]]
+  lines = ["| guidance w | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+  for r in rows:
+    lines.append(f"| {r['guidance_scale']:g} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
+  return "\n".join(lines)
 
 
 def _inception_metrics(config, uint8_images, mesh) -> dict[str, Any]:
@@ -184,32 +228,52 @@ def _inception_params(path):
   return _INCEPTION_PARAMS[path]
 
 
-def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples,
+class _EvalFunctions:
+  """The compiled bits/dim and sample functions of one eval or sweep: built once, fed every checkpoint."""
+
+  def __init__(self, config, exp):
+    self.bpd = likelihood.make_bpd_fn(exp, full_bound=config.eval.full_bound)
+    self.sample = sampling.make_sample_fn(exp)
+
+
+def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples, fns: _EvalFunctions,
                      params_dir: str | None = None) -> dict[str, Any]:
   ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step,
                                                   use_ema=config.eval.use_ema)
   res = {"checkpoint_step": ckpt_step, "params": which,
          "split": config.data.eval_split, "bpd_method": likelihood.bpd_method(config)}
-  bpd_res = likelihood.evaluate_bpd(config, likelihood.make_bpd_fn(exp, full_bound=config.eval.full_bound),
-                                    params, exp.mesh, key=experiment_lib.stream_key(config.seed, "eval"),
+  bpd_res = likelihood.evaluate_bpd(config, fns.bpd, params, exp.mesh,
+                                    key=experiment_lib.stream_key(config.seed, "eval"),
                                     num_examples=num_examples, desc="bits/dim")
   res.update(bpd_res)
   res.update(sample_metrics(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
-                            num_samples=num_samples))
+                            num_samples=num_samples, sample_fn=fns.sample))
   if _is_main():
     fileio.append_text(fileio.join(workdir, "eval_history.jsonl"), json.dumps(res) + "\n")
-  return res
+  return res, params
 
 
 def evaluate(config, workdir: str, *, step: int | None = None, params_dir: str | None = None) -> dict:
   """Bits/dim on `data.eval_split` and sample-quality metrics of `eval.num_samples` samples, written to
-  eval_step{N}.json and appended to the workdir's eval_history.jsonl."""
+  eval_step{N}.json and appended to the workdir's eval_history.jsonl. For a class-conditional model with a
+  null class, also the guidance trade-off at each of `eval.guidance_scales`: guidance_step{N}.md (table)
+  and .png (plot)."""
   exp = experiment_lib.Experiment(config)
   workdir = experiment_lib.resolve_workdir(workdir)
-  res = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir, num_samples=config.eval.num_samples,
-                         num_examples=config.eval.num_examples)
+  res, params = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir,
+                                 num_samples=config.eval.num_samples, num_examples=config.eval.num_examples,
+                                 fns=_EvalFunctions(config, exp))
+  n = res["checkpoint_step"]
+  if exp.model.null_class and config.eval.num_samples and config.eval.guidance_scales:
+    rows = guidance_curve(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
+                          num_samples=config.eval.num_samples)
+    res["guidance"] = rows
+    if _is_main():
+      res["guidance_table"] = fileio.write_text(fileio.join(workdir, f"guidance_step{n}.md"),
+                                                guidance_table(rows) + "\n")
+      res["guidance_png"] = visualize.plot_guidance(fileio.join(workdir, f"guidance_step{n}.png"), rows)
   if _is_main():
-    res["json"] = _write_json(fileio.join(workdir, f"eval_step{res['checkpoint_step']}.json"), res)
+    res["json"] = _write_json(fileio.join(workdir, f"eval_step{n}.json"), res)
   return res
 
 
@@ -248,15 +312,26 @@ def sweep(config, workdir: str, *, steps: str = "all", fast: bool = False) -> di
   chosen = parse_steps(steps, experiment_lib.checkpoint_steps(config, workdir))
   num_samples = config.eval.fast_num_samples if fast else config.eval.num_samples
   num_examples = config.eval.fast_num_examples if fast else config.eval.num_examples
+  fns = _EvalFunctions(config, exp)  # compiled on the first checkpoint, reused by every other
   rows = []
   for s in tqdm.tqdm(chosen, desc="checkpoints", disable=not _is_main() or len(chosen) == 1):
-    rows.append(_eval_checkpoint(config, workdir, exp, s, num_samples=num_samples,
-                                 num_examples=num_examples))
-  result = {"steps": chosen, "fast": bool(fast), "num_samples": num_samples, "rows": rows}
+    start = time.perf_counter()
+    row, _ = _eval_checkpoint(config, workdir, exp, s, num_samples=num_samples, num_examples=num_examples,
+                              fns=fns)
+    row["seconds"] = time.perf_counter() - start
+    rows.append(row)
+  result = {"steps": chosen, "fast": bool(fast), "num_samples": num_samples, "rows": rows,
+            "compilations": {"bpd": _compilations(fns.bpd), "sample": _compilations(fns.sample)}}
   if _is_main():
     result["json"] = _write_json(fileio.join(workdir, "eval_sweep.json"), result)
     result["table"] = fileio.write_text(fileio.join(workdir, "eval_sweep.md"), sweep_table(rows) + "\n")
   return result
+
+
+def _compilations(jitted) -> int | None:
+  """How many programs a jitted function holds (one per distinct input shape); None if JAX hides it."""
+  size = getattr(jitted, "_cache_size", None)
+  return int(size()) if callable(size) else None
 
 
 def sweep_table(rows: list[dict]) -> str:

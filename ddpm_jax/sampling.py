@@ -42,27 +42,36 @@ def sampler_tag(config) -> str:
     tag += f"_{s.skip_type}"
   if s.sampler == "ddim":
     tag += f"_eta{s.eta:g}"
+  if s.get("guidance_scale", 1.0) != 1.0:
+    tag += f"_w{s.guidance_scale:g}"
+  if s.get("labels", ()):
+    tag += "_y" + "-".join(str(y) for y in s.labels)
   return tag
 
 
-def class_labels(model, batch: int) -> jax.Array | None:
-  """The labels a class-conditional model is sampled with: 0, 1, …, num_classes-1 cycling; None otherwise."""
+def sample_labels(config, model, num_samples: int) -> np.ndarray | None:
+  """The label of each of `num_samples` samples of a class-conditional model (None for an unconditional
+  one): `sample.labels` cycled, or every class in turn (0, 1, …, num_classes−1, 0, …) when it is empty."""
   if model.num_classes is None:
     return None
-  return jnp.arange(batch, dtype=jnp.int32) % model.num_classes
+  chosen = tuple(config.sample.get("labels", ()) or ()) or tuple(range(model.num_classes))
+  return np.resize(np.asarray(chosen, np.int32), num_samples)
 
 
-def make_sample_fn(exp: experiment_lib.Experiment, config=None):
-  """→ sample(params, key, batch) -> images in [-1, 1] [batch, H, W, C], sharded over the mesh.
+def make_sample_fn(exp: experiment_lib.Experiment, config=None, *, guidance_scale: float | None = None):
+  """→ sample(params, key, batch, labels) -> images in [-1, 1] [batch, H, W, C], sharded over the mesh.
 
-  `config` (default: the experiment's) supplies `sample.*`: sampler, chain length and spacing, eta, clipping.
+  `labels` [batch] (int32) for a class-conditional model, None otherwise. `config` (default: the
+  experiment's) supplies `sample.*`: sampler, chain length and spacing, eta, clipping, and the guidance
+  scale unless `guidance_scale` is given.
   """
   config = config or exp.config
   chain = create_sampling_diffusion(config, exp.diffusion)
   s = config.sample
+  w = s.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale
 
-  def sample(params, key, batch):
-    model_fn = exp.model_fn(params, labels=class_labels(exp.model, batch))
+  def sample(params, key, batch, labels=None):
+    model_fn = exp.model_fn(params, labels=labels, guidance_scale=w)
     shape = (batch,) + tuple(exp.image_shape)
     if s.sampler == "ddim":
       return chain.ddim_sample_loop(model_fn, shape, key=key, eta=s.eta, clip_denoised=s.clip_denoised)
@@ -72,19 +81,35 @@ def make_sample_fn(exp: experiment_lib.Experiment, config=None):
 
 
 def generate_samples(sample_fn, params, *, key, num_samples: int, batch_size: int, mesh,
-                     desc: str | None = None) -> np.ndarray:
+                     labels: np.ndarray | None = None, desc: str | None = None) -> np.ndarray:
   """Exactly `num_samples` images in [-1, 1] as a host array: full batches, the last one trimmed.
 
-  Batch i uses fold_in(key, i), so the samples do not depend on how many are drawn after them.
+  Batch i uses fold_in(key, i), so the samples do not depend on how many are drawn after them. `labels`
+  (one per sample, e.g. `sample_labels`) condition a class-conditional model; the last batch's padding
+  repeats its first labels.
   """
   n_dev = mesh.devices.size
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   out = []
   num_batches = math.ceil(num_samples / batch_size)
   for i in tqdm.trange(num_batches, desc=desc, disable=desc is None or jax.process_index() != 0, leave=False):
-    x = sample_fn(params, jax.random.fold_in(key, i), batch_size)
+    batch_labels = None
+    if labels is not None:
+      chunk = np.asarray(labels[i * batch_size:(i + 1) * batch_size], np.int32)
+      batch_labels = jax.device_put(np.resize(chunk, batch_size), sharding.batch_sharding(mesh))
+    x = sample_fn(params, jax.random.fold_in(key, i), batch_size, batch_labels)
     out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True)))
   return np.concatenate(out)[:num_samples]
+
+
+def class_rows(images: np.ndarray, labels: np.ndarray, num_classes: int, *, per_class: int = 10):
+  """(images, ncol) for a grid with one row per class, in class order, when every class was drawn; else
+  the images as they are (ncol None)."""
+  if labels is None or set(np.unique(labels).tolist()) != set(range(num_classes)):
+    return images, None
+  n = min(per_class, min(int((labels == c).sum()) for c in range(num_classes)))
+  rows = [images[np.flatnonzero(labels == c)[:n]] for c in range(num_classes)]
+  return np.concatenate(rows), n
 
 
 def progressive_strip(exp: experiment_lib.Experiment, params, *, key, rows: int) -> tuple[np.ndarray, list[int]]:

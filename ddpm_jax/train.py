@@ -80,8 +80,13 @@ def make_train_step(exp: experiment_lib.Experiment):
     t, weights = sampler.sample(state.sampler_state, keys.timesteps, x_start.shape[0])
     noise = jax.random.normal(keys.noise, x_start.shape, x_start.dtype)
 
+    labels = batch["label"]
+    if exp.model.null_class:  # classifier-free guidance: y → ∅ (label num_classes) with P = label_dropout
+      labels = experiment_lib.drop_labels(experiment_lib.substream_key(keys.dropout, "label_dropout"), labels,
+                                          config.model.label_dropout, exp.model.num_classes)
+
     def loss_fn(params):
-      model_fn = exp.model_fn(params, labels=batch["label"], train=True, dropout_key=keys.dropout)
+      model_fn = exp.model_fn(params, labels=labels, train=True, dropout_key=keys.dropout)
       terms = diffusion.training_losses(model_fn, x_start, t, noise)
       return jnp.mean(terms["loss"] * weights), terms
 
@@ -174,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"must be a multiple of train.steps_per_call={k}.")
   step_fn = compile_train_step(exp, state)
   sample_fn = sampling.make_sample_fn(exp)
+  grid_labels = sampling.sample_labels(config, exp.model, config.train.num_grid_samples)
   sample_key = experiment_lib.stream_key(config.seed, "sample")
   eval_key = experiment_lib.stream_key(config.seed, "eval")
   eval_bpd_fn = likelihood.make_bpd_fn(exp, full_bound=False) if config.train.eval_every else None
@@ -203,8 +209,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def write_grid(step, name):
     images = sampling.generate_samples(sample_fn, state.ema_params if config.sample.use_ema else state.params,
-                              key=sample_key, num_samples=config.train.num_grid_samples,
-                              batch_size=config.sample.batch_size, mesh=exp.mesh, desc="sampling")
+                                       key=sample_key, num_samples=config.train.num_grid_samples,
+                                       batch_size=config.sample.batch_size, mesh=exp.mesh, labels=grid_labels,
+                                       desc="sampling")
     if main:
       path = visualize.save_grid(fileio.join(workdir, "samples", name), images)
       writer.image(step, "samples", visualize.make_grid(visualize.to_uint8(images)))

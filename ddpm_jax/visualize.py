@@ -98,3 +98,30 @@ def plot_bound(path: str, report: dict) -> str:
   fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
   return fileio.write_bytes(path, buffer.getvalue())
+
+
+def plot_guidance(path: str, rows: list[dict]) -> str:
+  """Classifier-free guidance's trade-off as a PNG: the classifier's agreement with the requested labels
+  (fidelity) and MNIST-FD / FID (distance to the data, lower is better) against the guidance scale w."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  w = [r["guidance_scale"] for r in rows]
+  fd_key = next((k for k in rows[0] if k.startswith(("mnist_fd@", "fid@"))), None)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if "mnist_label_accuracy" in rows[0]:
+    ax.plot(w, [100 * r["mnist_label_accuracy"] for r in rows], "o-", color="tab:blue")
+    ax.set_ylabel("classifier agrees with the label (%)", color="tab:blue")
+  ax.set_xlabel("guidance scale w (0: unconditional, 1: conditional)")
+  if fd_key:
+    ax2 = ax.twinx()
+    ax2.plot(w, [r[fd_key] for r in rows], "s--", color="tab:red")
+    ax2.set_ylabel(fd_key.replace("_", "-").upper() + " (lower is better)", color="tab:red")
+  ax.set_title("Classifier-free guidance: fidelity against diversity")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  plt.close(fig)
+  return fileio.write_bytes(path, buffer.getvalue())

@@ -896,3 +896,32 @@ def test_mse_weight_is_refused_where_it_has_no_meaning():
   # A respaced chain keeps the weight.
   d = D.GaussianDiffusion(betas, mean_type="xprev", var_type="fixedlarge", loss_type="mse", mse_weight="eps")
   assert d.respace([0, 4, 9]).mse_weight == "eps"
+
+
+def test_classifier_free_guidance_in_mu_space_equals_guidance_in_eps_space():
+  # μ = (x_t − β_t/√(1−ᾱ_t)·ε)/√α_t is affine in ε at fixed (x_t, t): guiding μ_∅, μ_y with weight w gives
+  # the μ of the guided ε, ε_∅ + w(ε_y − ε_∅) (float64, the closed forms written here, not the code's).
+  d = _diffusion(T=1000)
+  betas = np.asarray(d.betas, np.float64)
+  alphas_cumprod = np.cumprod(1.0 - betas)
+  rng = _rng(41)
+  x_t = rng.normal(size=SHAPE)
+  eps_y, eps_null = rng.normal(size=SHAPE), rng.normal(size=SHAPE)
+  for t in (0, 10, 500, 999):
+    def mu(eps, t=t):
+      return (x_t - betas[t] / math.sqrt(1.0 - alphas_cumprod[t]) * eps) / math.sqrt(1.0 - betas[t])
+
+    def x0(eps, t=t):
+      return (x_t - math.sqrt(1.0 - alphas_cumprod[t]) * eps) / math.sqrt(alphas_cumprod[t])
+    for w in (0.0, 1.0, 2.0, 4.5):
+      eps_w = eps_null + w * (eps_y - eps_null)
+      for f in (mu, x0):
+        got = D.classifier_free_guidance(f(eps_y), f(eps_null), w, mean_channels=SHAPE[-1])
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, f(eps_w), rtol=1e-12, atol=1e-12)
+  # A learned variance block is taken from the conditional output, unguided.
+  cond, uncond = rng.normal(size=SHAPE[:-1] + (4,)), rng.normal(size=SHAPE[:-1] + (4,))
+  out = np.asarray(D.classifier_free_guidance(jnp.asarray(cond), jnp.asarray(uncond), 3.0, mean_channels=2))
+  np.testing.assert_allclose(out[..., :2], uncond[..., :2] + 3.0 * (cond[..., :2] - uncond[..., :2]), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(out[..., 2:], cond[..., 2:], rtol=1e-6)

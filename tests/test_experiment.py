@@ -47,6 +47,11 @@ def test_learning_rate_schedules_against_closed_forms():
     ("diffusion.min_snr_gamma", -1.0, r"config.diffusion.min_snr_gamma=-1.0.*\(0.0, inf\)"),
     ("model.output_residual", "skip", r"config.model.output_residual='skip'.*'none', 'identity', 'learned'"),
     ("model.output_scale", 0.0, r"config.model.output_scale=0.0.*\(0.0, inf\)"),
+    ("sample.labels", (3,), r"config.sample.labels=\(3,\) is invalid: expected \(\) for an unconditional model"),
+    ("sample.guidance_scale", 2.0, r"config.sample.guidance_scale=2.0 is invalid: expected 1.0 for an unconditional"),
+    ("sample.guidance_scale", -1.0, r"config.sample.guidance_scale=-1.0 is invalid: expected a finite guidance scale >= 0"),
+    ("eval.guidance_scales", (1.0, -2.0), r"config.eval.guidance_scales\[1\]=-2.0 is invalid"),
+    ("model.label_dropout", 0.2, r"config.model.label_dropout=0.2 is invalid: expected 0 for an unconditional"),
 ])
 def test_config_validation_errors(field, value, message):
   config = config_lib.default_config()
@@ -167,3 +172,61 @@ def test_config_argument_accepts_paths_and_shipped_names(tmp_path):
   argv = configs.resolve_argv(["prog", "--config", "mnist_eps", "--config=mnist_x0:runlocal", "--mode=eval"])
   assert argv == ["prog", "--config", os.path.join(configs.DIRECTORY, "mnist_eps.py"),
                   "--config=" + os.path.join(configs.DIRECTORY, "mnist_x0.py") + ":runlocal", "--mode=eval"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sample.labels", (3, 10), r"config.sample.labels=\(3, 10\) is invalid: expected integers in \[0, 10\)"),
+    ("model.label_dropout", 1.0, r"config.model.label_dropout=1.0 is invalid: expected a probability in \[0, 1\)"),
+])
+def test_conditional_config_errors(field, value, message):
+  from ddpm_jax.configs import mnist_mu_cond  # pylint: disable=g-import-not-at-top
+  config = mnist_mu_cond.get_config()
+  config_lib.validate(config)
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(config)
+  config = mnist_mu_cond.get_config()
+  config.model.label_dropout = 0.0  # no null class: nothing to guide towards
+  with pytest.raises(ValueError, match=r"guidance_scale=2.0 is invalid: expected 1.0 unless the model has a null"):
+    config_lib.validate(config)
+
+
+def test_guided_model_fn_is_one_batched_call_combining_conditional_and_null_outputs(data_root):
+  from ddpm_jax.configs import mnist_mu_cond  # pylint: disable=g-import-not-at-top
+  config = mnist_mu_cond.get_config("runlocal")
+  config.data.data_dir = str(data_root / "tfds")
+  exp = experiment.Experiment(config)
+  params = exp.init_params(jax.random.PRNGKey(0))
+  # Every leaf perturbed: at init the zero-initialised last convs would hide the labels' effect.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+  params = jax.tree.unflatten(treedef, [a + 0.2 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves)])
+  x = jax.random.normal(jax.random.PRNGKey(1), (3,) + exp.image_shape)
+  t = jnp.asarray([5, 500, 900])
+  y = jnp.asarray([3, 3, 7])
+  cond = np.asarray(exp.model_fn(params, labels=y)(x, t), np.float64)
+  null = np.asarray(exp.model_fn(params, labels=jnp.full((3,), 10))(x, t), np.float64)
+  assert np.abs(cond - null).max() > 1e-3
+  for w in (0.0, 2.0, 4.0):
+    got = np.asarray(exp.model_fn(params, labels=y, guidance_scale=w)(x, t), np.float64)
+    np.testing.assert_allclose(got, null + w * (cond - null), rtol=1e-4, atol=1e-5)
+  # One network evaluation on a batch of 2B, not two: as many convolutions as the plain call.
+  def convs(w):
+    jaxpr = str(jax.make_jaxpr(lambda p: exp.model_fn(p, labels=y, guidance_scale=w)(x, t))(params))
+    return jaxpr.count("conv_general_dilated")
+  assert convs(2.0) == convs(1.0) > 0
+  no_null = config.copy_and_resolve_references()
+  no_null.model.label_dropout = 0.0
+  with pytest.raises(ValueError, match="needs a model with a null class"):
+    experiment.model_fn(experiment.create_model(no_null, exp.image_shape), params, labels=y, guidance_scale=2.0)
+
+
+def test_label_dropout_rate_and_null_label():
+  labels = jnp.arange(20000) % 10
+  dropped = np.asarray(experiment.drop_labels(jax.random.PRNGKey(0), labels, 0.1, 10))
+  is_null = dropped == 10
+  # Binomial(20000, 0.1): mean 2000, sd 42.
+  assert abs(is_null.sum() - 2000) < 5 * 42
+  np.testing.assert_array_equal(dropped[~is_null], np.asarray(labels)[~is_null])
+  assert not np.asarray(experiment.drop_labels(jax.random.PRNGKey(0), labels, 0.0, 10) == 10).any()

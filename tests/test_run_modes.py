@@ -148,3 +148,59 @@ def test_eval_adds_fid_and_is_when_inception_weights_are_given(straight_run, tmp
   assert cache.exists()
   run_modes.evaluate(config, workdir)  # a second eval reuses the cached statistics
   assert seen[2:] == [(12, 28, 28, 1)]
+
+
+# --- a class-conditional model with a null class ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cond_run(data_root, tmp_path_factory):
+  """4 steps of the tiny config made class-conditional (10 digits + the null class), guidance w = 2."""
+  from tiny import tiny_config  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config(data_root, num_steps=4, num_grid_samples=10)
+  config.model.num_classes = 10
+  config.model.label_dropout = 0.1
+  config.sample.guidance_scale = 2.0
+  config.eval.num_samples = 20
+  config.eval.fast_num_samples = 10
+  config.eval.fast_num_examples = 8
+  config.eval.guidance_scales = (0.0, 2.0)
+  workdir = str(tmp_path_factory.mktemp("cond"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_conditional_sampling_stores_labels_and_lays_out_one_row_per_class(cond_run):
+  config, workdir = cond_run
+  config = config.copy_and_resolve_references()
+  config.sample.progressive_rows = 0
+  config.sample.num_samples = 20
+  result = run_modes.sample(config, workdir)  # every digit in turn
+  data = np.load(result["npz"])
+  np.testing.assert_array_equal(data["labels"], np.arange(20) % 10)
+  assert data["images"].shape == (20, 28, 28, 1) and result["guidance_scale"] == 2.0
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  width, height = Image.open(result["grid"]).size
+  assert (width, height) == (2 * (2 * 30 + 2), 2 * (10 * 30 + 2))  # 10 rows (digits) × 2 columns, enlarged 2×
+  config.sample.labels = (3,)
+  config.sample.num_samples = 5
+  result = run_modes.sample(config, workdir)
+  assert "_w2_y3" in result["npz"]
+  np.testing.assert_array_equal(np.load(result["npz"])["labels"], [3] * 5)
+
+
+def test_conditional_eval_reports_label_accuracy_per_guidance_scale_and_sweep_compiles_once(cond_run):
+  config, workdir = cond_run
+  res = run_modes.evaluate(config, workdir)
+  assert [r["guidance_scale"] for r in res["guidance"]] == [0.0, 2.0]
+  for row in res["guidance"]:
+    assert 0.0 <= row["mnist_label_accuracy"] <= 1.0 and row["mnist_fd@20"] > 0
+  assert 0.0 <= res["mnist_label_accuracy"] <= 1.0  # at the config's own scale
+  with open(res["guidance_table"], encoding="utf-8") as f:
+    table = f.read().splitlines()
+  assert table[0].startswith("| guidance w | mnist_fd@20 | mnist_label_accuracy") and len(table) == 4
+  assert os.path.getsize(res["guidance_png"]) > 5_000
+  sweep = run_modes.sweep(config, workdir, steps="all", fast=True)
+  assert [r["checkpoint_step"] for r in sweep["rows"]] == [2, 4]
+  assert sweep["compilations"] == {"bpd": 1, "sample": 1}  # compiled once, fed both checkpoints

@@ -55,9 +55,9 @@ def mnist_config(mean_type, var_type, loss_type, arg=None, *, chain="t1000"):
   config.train.batch_size = 32
   config.train.num_steps = 1200
   config.train.log_every = 50
-  config.train.checkpoint_every = 400
-  config.train.keep_checkpoints = 2
-  config.train.archive_every = 0
+  config.train.checkpoint_every = 300
+  config.train.keep_checkpoints = 2    # for resuming ...
+  config.train.archive_every = 300     # ... and every 300 steps kept, so `--mode sweep` finds 4 checkpoints
   config.train.sample_every = 0
   config.train.num_grid_samples = 64
   config.sample.batch_size = 64

@@ -282,3 +282,23 @@ def confident_fraction(images, *, threshold=0.9):
   _, probs = classifier_features_and_probs(images)
   frac = float(np.mean(np.max(probs, axis=-1) > threshold))
   return {"mnist_confident": frac, "threshold": float(threshold), "n": int(probs.shape[0])}
+
+
+def label_accuracy(images, labels):
+  """The fraction of `images` the shipped classifier reads as the digit they were drawn for.
+
+  For class-conditional samples: with a guidance scale w, the familiar fidelity side of the trade-off
+  (MNIST-FD is the diversity side).
+
+  Args:
+    images: [N, 28, 28, 1], N ≥ 1; uint8 0..255 or float in [-1, 1].
+    labels: [N] the requested digits.
+
+  Returns:
+    {'mnist_label_accuracy': fraction in [0, 1], 'n': N}.
+  """
+  labels = np.asarray(labels)
+  if labels.shape != (len(images),):
+    raise ValueError(f"labels must have shape ({len(images)},) (one per image); got {labels.shape}.")
+  _, probs = classifier_features_and_probs(images)
+  return {"mnist_label_accuracy": float(np.mean(np.argmax(probs, axis=-1) == labels)), "n": int(len(labels))}
