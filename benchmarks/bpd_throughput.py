@@ -1,6 +1,6 @@
 r"""Bits/dim throughput: images/s through the full variational bound (all T terms, `calc_bpd_loop`).
 
-Uses the project's `ddpm_jax.train.make_bpd_fn(config, model, diffusion, full_bound=True)` on synthetic
+Uses the project's `ddpm_jax.likelihood.make_bpd_fn(exp, full_bound=True)` on synthetic
 batches, the way `evaluate_bpd` drives it (a fold_in key per batch, per-example values gathered to the host),
 with random-init parameters: the cost does not depend on the weights, and the bits/dim value means nothing.
 `--bound estimate` times the cheaper unbiased estimate used while training (eval.timesteps_per_example
@@ -65,16 +65,16 @@ def main(argv=None) -> dict:
   compiled = bpd_fn.lower(params, batch, key).compile()
   compile_s = time.perf_counter() - t0
 
-  def one_batch(i):
-    per_example = compiled(params, batch, jax.random.fold_in(key, i))
+  def one_batch(batch_key):
+    per_example = compiled(params, batch, batch_key)
     return np.asarray(multihost_utils.process_allgather(per_example, tiled=True))
 
-  for i in range(warmup):
-    one_batch(experiment_lib.SUBSTREAMS["warmup"] + i)  # apart from the timed batches 0, 1, ...
+  for i in range(warmup):  # keys apart from the timed batches'
+    one_batch(jax.random.fold_in(experiment_lib.substream_key(key, "warmup"), i))
   values = []
   t0 = time.perf_counter()
   for i in range(num_batches):
-    values.append(one_batch(i))
+    values.append(one_batch(jax.random.fold_in(key, i)))
   wall_s = time.perf_counter() - t0
   values = np.concatenate(values)
   terms = config.diffusion.num_timesteps if full_bound else config.eval.timesteps_per_example

@@ -1,6 +1,6 @@
 r"""Sampling wall time: N images through the full ancestral chain (T steps) and through DDIM (50 steps).
 
-Uses the project's sampler (`ddpm_jax.train.make_sample_fn`, one compiled `lax.scan` over the chain, sharded
+Uses the project's sampler (`ddpm_jax.sampling.make_sample_fn`, one compiled `lax.scan` over the chain, sharded
 over the devices on the batch axis) and `generate_samples` (batches of `--batch_size`, gathered to the host),
 with random-init parameters: the cost of a chain does not depend on the weights. Compilation is done ahead of
 time and reported on its own; the wall time covers drawing all N images and fetching them to the host.

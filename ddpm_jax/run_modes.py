@@ -62,12 +62,12 @@ def sample(config, workdir: str, *, step: int | None = None, params_dir: str | N
   if labels is not None:
     result.update(guidance_scale=float(s.guidance_scale), labels=sorted(set(labels.tolist())))
   strip = None
-  if s.progressive_rows and s.sampler == "ancestral" and exp.model.num_classes is None:
+  if s.progressive_rows and s.sampler == "ancestral":
     strip, recorded = sampling.progressive_strip(exp, params, key=experiment_lib.substream_key(key, "progressive"),
                                                  rows=s.progressive_rows)
     result["progressive_timesteps"] = recorded
   elif s.progressive_rows:
-    result["progressive"] = "skipped: drawn for the unconditional ancestral sampler only"
+    result["progressive"] = "skipped: drawn for the ancestral sampler only"
   if _is_main():
     npz = fileio.join(out_dir, f"{tag}.npz")
     buffer = io.BytesIO()

@@ -124,13 +124,18 @@ def progressive_strip(exp: experiment_lib.Experiment, params, *, key, rows: int)
   n_dev = exp.mesh.devices.size
   batch = max(n_dev, math.ceil(rows / n_dev) * n_dev)
 
-  def run(params, key):
-    return chain.p_sample_loop_progressive(exp.model_fn(params), (batch,) + tuple(exp.image_shape), key=key,
+  labels = sample_labels(config, exp.model, batch)  # a conditional model: its sample labels, guided alike
+  w = config.sample.get("guidance_scale", 1.0)
+
+  def run(params, key, labels):
+    model_fn = exp.model_fn(params, labels=labels, guidance_scale=w)
+    return chain.p_sample_loop_progressive(model_fn, (batch,) + tuple(exp.image_shape), key=key,
                                            clip_denoised=config.sample.clip_denoised,
                                            include_xstartpred_freq=freq)
 
   out_sharding = sharding.batch_sharding(exp.mesh)
-  sample, preds = jax.jit(run, out_shardings=(out_sharding, out_sharding))(params, key)
+  sample, preds = jax.jit(run, out_shardings=(out_sharding, out_sharding))(
+      params, key, None if labels is None else jnp.asarray(labels))
   sample = np.asarray(multihost_utils.process_allgather(sample, tiled=True))[:rows]
   preds = np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:rows]
   # Slot k holds x̂_0 at chain index k · freq: show them from the noisiest to the cleanest.

@@ -185,8 +185,9 @@ def test_conditional_sampling_stores_labels_and_lays_out_one_row_per_class(cond_
   assert (width, height) == (2 * (2 * 30 + 2), 2 * (10 * 30 + 2))  # 10 rows (digits) × 2 columns, enlarged 2×
   config.sample.labels = (3,)
   config.sample.num_samples = 5
+  config.sample.progressive_rows = 2  # the x̂0 strip of guided chains for the digit 3
   result = run_modes.sample(config, workdir)
-  assert "_w2_y3" in result["npz"]
+  assert "_w2_y3" in result["npz"] and os.path.exists(result["progressive_png"])
   np.testing.assert_array_equal(np.load(result["npz"])["labels"], [3] * 5)
 
 

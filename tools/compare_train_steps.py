@@ -2,8 +2,8 @@
 losses, gradient norms and final (EMA) parameters, so two checkouts can be compared on the same inputs.
 
   git worktree add /tmp/before <commit>
-  python tools/compare_train_steps.py /tmp/before /tmp/before.npz $PWD/configs/mnist_mu.py
-  python tools/compare_train_steps.py $PWD /tmp/after.npz $PWD/configs/mnist_mu.py
+  python tools/compare_train_steps.py /tmp/before /tmp/before.npz mnist_mu.py   # each checkout's own config
+  python tools/compare_train_steps.py $PWD /tmp/after.npz mnist_mu.py
   python -c "import numpy as np; a, b = np.load('/tmp/before.npz'), np.load('/tmp/after.npz'); \
       print(abs(a['losses'] - b['losses']).max(), abs(a['params'] - b['params']).max())"
 
