@@ -8,12 +8,15 @@ with ml_collections' `config_flags`, so any field can be overridden on the comma
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import os
 
 import ml_collections
+import numpy as np
 
 from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import errors
 from ddpm_jax import resample
 from ddpm_jax.data import pipeline as data_pipeline
 from ddpm_jax.data import sources as data_sources
@@ -21,7 +24,7 @@ from ddpm_jax.models import unet as unet_lib
 
 
 # optim.lr_schedule: the original's warm-up then constant, or warm-up then cosine decay to 0
-# (ddpm_jax.train.learning_rate_schedule).
+# (ddpm_jax.experiment.learning_rate_schedule).
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -135,7 +138,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> ml_col
     if variant == "runlocal":
       apply_runlocal(config)
     else:
-      raise ValueError(f"config variant {variant!r} is not known; accepted: runlocal.")
+      raise errors.ConfigError(f"config variant {variant!r} is not known; accepted: runlocal.")
   return config
 
 
@@ -169,7 +172,43 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def _fail(field, value, accepted):
-  raise ValueError(f"config.{field}={value!r} is invalid: expected {accepted}.")
+  raise errors.ConfigError(f"config.{field}={value!r} is invalid: expected {accepted}.")
+
+
+# Schedules whose β rise from beta_start to beta_end; for the others the two are unused or only beta_end is.
+_ORDERED_SCHEDULES = ("linear", "quad", "warmup10", "warmup50")
+
+
+def did_you_mean(name: str, candidates, *, prefix: str = "") -> str:
+  """'did you mean config.train.num_steps?' for the closest of `candidates` to `name`, else the list of
+  candidates."""
+  candidates = sorted(str(c) for c in candidates)
+  close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+  if close:
+    return f"did you mean {prefix}{close[0]}?"
+  if not candidates:
+    return "this section has no fields."
+  return f"the fields of {prefix.rstrip('.') or 'config'} are: {', '.join(candidates)}."
+
+
+def unknown_field_error(path: str, known) -> errors.ConfigError:
+  """The error for `config.<path>` that names no field, with the closest field of its section."""
+  parent, _, name = path.rpartition(".")
+  prefix = f"config.{parent}." if parent else "config."
+  return errors.ConfigError(f"config.{path} is not a field; {did_you_mean(name, known, prefix=prefix)}")
+
+
+def _check_known_fields(config, reference, prefix="") -> None:
+  """Every field of `config` must exist in `reference` (the defaults): a misspelt field in a config file
+  (`config.train.num_step = 100`) would otherwise be ignored without a word."""
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in reference:
+      raise unknown_field_error(path, reference.keys())
+    value, ref = config[key], reference[key]
+    if isinstance(ref, (ml_collections.ConfigDict, dict)) and isinstance(value, (ml_collections.ConfigDict,
+                                                                                   dict)):
+      _check_known_fields(value, ref, prefix=f"{path}.")
 
 
 def _is_int(v):
@@ -224,7 +263,7 @@ def _check_labels_and_guidance(config) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field, its value and what would be accepted.
+  """Raises ConfigError (a ValueError) naming the first invalid field, its value and what would be accepted.
 
   The one place a config is checked: every entry point (`Experiment(config)`, which the CLI modes and the
   benchmarks build first) calls it before anything is built or written, and the modules below assume a
@@ -233,15 +272,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   for section in ("data", "model", "diffusion", "optim", "train", "sample", "eval"):
     if section not in config:
-      raise ValueError(f"config.{section} is missing; start from ddpm_jax.config_lib.default_config().")
+      raise errors.ConfigError(f"config.{section} is missing; start from ddpm_jax.config_lib.default_config().")
+  _check_known_fields(config, default_config())
   if not _is_int(config.seed):
     _fail("seed", config.seed, "an integer")
-  data_pipeline.validate_data_config(config.data)
+  try:
+    data_pipeline.validate_data_config(config.data)
+  except (TypeError, ValueError) as e:
+    raise errors.ConfigError(str(e).replace("data_config.", "config.data.")) from None
+  data_dir = config.data.get("data_dir")
+  if data_dir and "://" not in os.fspath(data_dir):
+    local = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    if os.path.exists(local) and not os.path.isdir(local):
+      _fail("data.data_dir", data_dir, "a folder (or '' for $TFDS_DATA_DIR / ~/tensorflow_datasets); "
+            "this path is a file")
 
   _check_choice(config, "diffusion.beta_schedule", diffusion_lib.BETA_SCHEDULES)
-  _check_int(config, "diffusion.num_timesteps", 1)
+  _check_int(config, "diffusion.num_timesteps", 2)  # T = 1 has no reverse step to learn: its loss is NaN
   _check_float(config, "diffusion.beta_start", 0.0, 1.0, low_open=True)
   _check_float(config, "diffusion.beta_end", 0.0, 1.0, low_open=True)
+  if (config.diffusion.beta_schedule in _ORDERED_SCHEDULES
+      and config.diffusion.beta_start > config.diffusion.beta_end):
+    _fail("diffusion.beta_start", config.diffusion.beta_start,
+          f"at most diffusion.beta_end={config.diffusion.beta_end} (the {config.diffusion.beta_schedule!r} "
+          "schedule rises from beta_start to beta_end)")
+  betas = diffusion_lib.get_beta_schedule(config.diffusion.beta_schedule,
+                                          num_timesteps=config.diffusion.num_timesteps,
+                                          beta_start=config.diffusion.beta_start,
+                                          beta_end=config.diffusion.beta_end)
+  if not (np.all(np.isfinite(betas)) and np.all(betas > 0) and np.all(betas <= 1)):
+    _fail("diffusion.beta_schedule", config.diffusion.beta_schedule,
+          "a schedule whose β_t all lie in (0, 1] with these beta_start / beta_end / num_timesteps")
   _check_choice(config, "diffusion.mean_type", tuple(diffusion_lib.MEAN_TYPES))
   _check_choice(config, "diffusion.var_type", diffusion_lib.VAR_TYPES)
   _check_choice(config, "diffusion.loss_type", diffusion_lib.LOSS_TYPES)
@@ -326,8 +387,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   model_config.out_ch = model_out_channels(config, known[-1]) if known else (out_ch or 1)
   try:
     unet_lib.unet_from_config(model_config)
-  except ValueError as e:
-    raise ValueError(str(e).replace("UNet.", "config.model.")) from None
+  except (TypeError, ValueError) as e:
+    raise errors.ConfigError(str(e).replace("UNet.", "config.model.")) from None
 
 
 def model_out_channels(config: ml_collections.ConfigDict, image_channels: int) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import ddpm_jax
+from ddpm_jax import errors
 from ddpm_jax import fileio
 
 PARAMS_FILE = "params.npz"
@@ -35,7 +36,7 @@ COMPATIBILITY_FIELDS = ("data.name", "data.image_size", "diffusion.mean_type", "
                         "diffusion.beta_end")
 
 
-class ParamsDirError(ValueError):
+class ParamsDirError(errors.BadInputError, ValueError):
   """A parameter directory is missing, incomplete, corrupt, or belongs to another config."""
 
 

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ddpm_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -33,10 +35,12 @@ def batch_sharding(mesh: Mesh, *, leading_axes: int = 0) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "train.batch_size") -> None:
+  """Raises ConfigError unless `batch_size` splits evenly over the mesh's devices and the processes."""
   n = mesh.devices.size
   if batch_size % n or batch_size % jax.process_count():
-    raise ValueError(f"config.{field}={batch_size} is invalid: it must be divisible by the number of devices "
-                     f"({n}) and of processes ({jax.process_count()}), as the batch is split over them.")
+    raise errors.ConfigError(f"config.{field}={batch_size} is invalid: it must be divisible by the number of "
+                             f"devices ({n}) and of processes ({jax.process_count()}), as the batch is split "
+                             "over them.")
 
 
 def global_batch(local: Any, mesh: Mesh, *, leading_axes: int = 0) -> Any:

@@ -11,6 +11,7 @@ import pytest
 
 from ddpm_jax import config_lib
 from ddpm_jax import configs
+from ddpm_jax import errors
 from ddpm_jax import experiment
 
 from tiny import CONFIGS as _CONFIGS
@@ -52,13 +53,35 @@ def test_learning_rate_schedules_against_closed_forms():
     ("sample.guidance_scale", -1.0, r"config.sample.guidance_scale=-1.0 is invalid: expected a finite guidance scale >= 0"),
     ("eval.guidance_scales", (1.0, -2.0), r"config.eval.guidance_scales\[1\]=-2.0 is invalid"),
     ("model.label_dropout", 0.2, r"config.model.label_dropout=0.2 is invalid: expected 0 for an unconditional"),
+    ("diffusion.num_timesteps", 1, r"config.diffusion.num_timesteps=1 is invalid: expected an integer >= 2"),
+    ("diffusion.beta_start", 0.05, r"config.diffusion.beta_start=0.05 is invalid: expected at most "
+     r"diffusion.beta_end=0.02 \(the 'linear' schedule rises"),
+    ("data.data_dir", __file__, r"config.data.data_dir=.* is invalid: expected a folder"),
 ])
 def test_config_validation_errors(field, value, message):
   config = config_lib.default_config()
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):  # a ValueError too
     config_lib.validate(config)
+
+
+def test_unknown_config_fields_are_named_with_the_closest_field():
+  config = config_lib.default_config()
+  with config.unlocked():
+    config.train.num_step = 100  # a misspelt field in a config file would otherwise be ignored
+  with pytest.raises(ValueError, match=r"config.train.num_step is not a field; did you mean "
+                                       r"config.train.num_steps\?"):
+    config_lib.validate(config)
+  config = config_lib.default_config()
+  with config.unlocked():
+    config.trainer = {"steps": 1}
+  with pytest.raises(errors.ConfigError, match=r"config.trainer is not a field; did you mean config.train\?"):
+    config_lib.validate(config)
+  config = config_lib.default_config()
+  config.diffusion.beta_schedule = "cosine"  # beta_start / beta_end unused: their order does not matter
+  config.diffusion.beta_start = 0.5
+  config_lib.validate(config)
 
 
 def test_out_ch_must_match_the_variance_type(data_root):

@@ -7,6 +7,8 @@ Each module has `get_config(arg=None)` (ml_collections' convention; `arg` is the
 
 import os
 
+from ddpm_jax import errors
+
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 _HELPERS = ("__init__", "mnist_common")  # modules here that are not experiment configs
 
@@ -22,14 +24,17 @@ def resolve(spec: str) -> str:
   A path to an existing file is returned unchanged; a bare name ('mnist_mu', 'mnist_mu.py', with or without
   ':runlocal') is a shipped config. Anything else is an error naming the shipped configs.
   """
+  if not spec or not spec.strip():
+    raise errors.ConfigFileError(f"--config={spec!r} is empty: give a config file (configs/mnist_mu.py) or a "
+                                 f"shipped config's name ({', '.join(names())}).")
   path, colon, arg = spec.partition(":")
   if os.path.isfile(path):
     return spec
   name = path[:-3] if path.endswith(".py") else path
   if os.sep not in path and "/" not in path and name in names():
     return os.path.join(DIRECTORY, name + ".py") + colon + arg
-  raise FileNotFoundError(f"--config={spec!r} is neither a config file nor a shipped config name; shipped: "
-                          f"{', '.join(names())} (e.g. --config mnist_mu:runlocal).")
+  raise errors.ConfigFileError(f"--config={spec!r} is neither a config file nor a shipped config name; "
+                               f"shipped: {', '.join(names())} (e.g. --config mnist_mu:runlocal).")
 
 
 def resolve_argv(argv: list[str]) -> list[str]:

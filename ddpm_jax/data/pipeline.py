@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ddpm_jax import errors
 from ddpm_jax.data import mnist5k
 from ddpm_jax.data import sources
 from ddpm_jax.data import transforms
@@ -141,7 +142,7 @@ def _output_shape(data_config, stored_shape):
   if size is not None:
     return (size, size, channels)
   if height is None or width is None:
-    raise ValueError(f"dataset {data_config['name']!r} stores images of varying size {stored_shape}; "
+    raise errors.DataError(f"dataset {data_config['name']!r} stores images of varying size {stored_shape}; "
                      "set data_config.image_size (e.g. 256) to center-crop and resize them")
   return (height, width, channels)
 
@@ -197,7 +198,7 @@ def create_train_iterator(data_config, *, batch_size, seed, process_index=None, 
   name = data_config["name"]
   source = sources.get_data_source(name, split=data_config["train_split"], data_dir=data_dir)
   if len(source) < batch_size:
-    raise ValueError(f"train batch_size={batch_size} exceeds the {len(source)} examples of "
+    raise errors.DataError(f"train batch_size={batch_size} exceeds the {len(source)} examples of "
                      f"{name!r} split {data_config['train_split']!r}")
   _, stored_shape, _ = sources.get_dataset_info(name, data_dir=data_dir)
 
@@ -270,7 +271,7 @@ def create_eval_iterator(data_config, *, split, batch_size, process_index=None, 
   name = data_config["name"]
   source = sources.get_data_source(name, split=split, data_dir=data_dir)
   if len(source) == 0:
-    raise ValueError(f"split {split!r} of dataset {name!r} is empty")
+    raise errors.DataError(f"split {split!r} of dataset {name!r} is empty")
   _, stored_shape, _ = sources.get_dataset_info(name, data_dir=data_dir)
 
   padded = math.ceil(len(source) / batch_size) * batch_size

@@ -10,6 +10,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from ddpm_jax import errors
 from ddpm_jax.data import mnist5k
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
@@ -33,7 +34,7 @@ KNOWN_IMAGE_SHAPES = {
 }
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(errors.BadInputError, FileNotFoundError):
   """A dataset is unknown to tfds or not prepared as ArrayRecord in the data dir."""
 
 
@@ -111,7 +112,7 @@ def get_data_source(name, *, split, data_dir=None):
   builder = get_builder(name, data_dir=data_dir)
   available = sorted(builder.info.splits.keys())
   if _split_base(split) not in available:
-    raise ValueError(f"split {split!r} does not exist in dataset {name!r}; available splits: "
+    raise errors.DataError(f"split {split!r} does not exist in dataset {name!r}; available splits: "
                      f"{available}")
   return tfds.data_source(name, split=split, data_dir=builder.data_dir_root, download=False)
 
@@ -125,7 +126,7 @@ def get_dataset_info(name, *, data_dir=None):
   builder = get_builder(name, data_dir=data_dir)
   features = builder.info.features
   if "image" not in features:
-    raise ValueError(f"dataset {name!r} has no 'image' feature; features: {list(features.keys())}")
+    raise errors.DataError(f"dataset {name!r} has no 'image' feature; features: {list(features.keys())}")
   num_examples = {split: int(info.num_examples) for split, info in builder.info.splits.items()}
   shape = tuple(features["image"].shape)
   num_classes = int(features["label"].num_classes) if "label" in features else None
