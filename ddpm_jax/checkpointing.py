@@ -14,6 +14,18 @@ Restores are checked: the saved tree's metadata is compared with the template be
 a checkpoint written by a different model gives a `CheckpointError` listing the mismatching leaves instead of
 a deep Orbax traceback, and nothing is ever restarted from scratch or deleted behind the caller's back.
 
+Checkpoints are verified. `save` records, in the metadata item, a CRC-32 of every array's bytes (taken from a
+host copy before the background write starts; with several processes the replicated copies are identical and
+the primary host's record is the one written) and refuses a state holding NaN or ±inf. `restore` and
+`restore_fields` recompute the CRC of every array they read and check that every float is finite, so random
+bytes, a truncated file or a NaN in a checkpoint raise `CheckpointCorruptError` naming the step and the array
+instead of restoring silently. The caller decides what to do with a bad step: the train loop falls back to
+an earlier one and `set_aside` moves the bad one out of the directory (never deleting it).
+
+Background writes are watched: `check_background_save()` (cheap, called every train step) raises
+`CheckpointWriteError` as soon as an asynchronous write has failed (disk full, permissions), with the last
+committed step named, instead of waiting for the next save to trip over it.
+
 Preemption (Cloud TPU sends SIGTERM with a short grace period): `install_preemption_handler` makes SIGTERM
 only set a flag; the train loop polls `reached_preemption(step)`, saves with `force=True` and exits. On
 several processes the decision must agree across hosts, so it comes from JAX's preemption sync service
@@ -21,11 +33,14 @@ several processes the decision must agree across hosts, so it comes from JAX's p
 """
 
 import json
+import logging as std_logging
 import numbers
 import os
 import signal
+import sys
 import threading
 import time
+import zlib
 
 from absl import logging
 from etils import epath
@@ -36,15 +51,121 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import ddpm_jax
+from ddpm_jax import errors
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 METADATA_ITEM = "metadata"
-_RESERVED_METADATA_KEYS = ("step", "wall_time", "ddpm_jax_version")
+INTEGRITY_KEY = "integrity"  # in the metadata item: {"algorithm": "crc32", "arrays": {path: [crc, dtype, shape]}}
+_RESERVED_METADATA_KEYS = ("step", "wall_time", "ddpm_jax_version", INTEGRITY_KEY)
+SET_ASIDE_SUFFIX = "_set_aside"  # <directory>_set_aside/<step>-<why>-<time>/: steps moved out by set_aside
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.DdpmJaxError, RuntimeError):
   """A checkpoint exists but cannot be used: corrupt, incomplete, or written for a different state."""
+
+
+class CheckpointCorruptError(CheckpointError):
+  """A step's files cannot be read, are incomplete, or fail verification (checksum, non-finite values)."""
+
+
+class CheckpointStepError(errors.BadInputError, CheckpointError):
+  """The requested step is not in the directory (bad input: exit status 2 on the command line)."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """Writing a checkpoint failed (disk full, permissions, ...); earlier committed steps are intact."""
+
+
+class NonFiniteStateError(CheckpointError):
+  """`save` was given a state holding NaN or ±inf; nothing was written."""
+
+
+class _HideOrbaxErrors(std_logging.Filter):
+  """Drops Orbax's own error log records (each with a traceback) of failures that this module raises as
+  one-line errors anyway."""
+
+  def filter(self, record):
+    return not (record.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+_ORBAX_ERROR_FILTER = _HideOrbaxErrors()
+_previous_unraisablehook = None
+
+
+def _unraisablehook(unraisable):
+  """Drops the 'Event loop is closed' errors that TensorStore's pending write futures report (hundreds of
+  tracebacks) when a failed save has shut down Orbax's event loop under them; passes on everything else."""
+  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+    return
+  (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def show_orbax_error_logs(show: bool) -> None:
+  """Whether Orbax's error logs (with tracebacks) and TensorStore's unraisable 'Event loop is closed'
+  errors after a failed write reach stderr. The command line hides them unless --verbose: every failure
+  they describe is raised here as a `CheckpointError` of one line."""
+  global _previous_unraisablehook
+  absl_logger = std_logging.getLogger("absl")
+  if show:
+    absl_logger.removeFilter(_ORBAX_ERROR_FILTER)
+    if sys.unraisablehook is _unraisablehook:
+      sys.unraisablehook = _previous_unraisablehook or sys.__unraisablehook__
+  else:
+    absl_logger.addFilter(_ORBAX_ERROR_FILTER)
+    if sys.unraisablehook is not _unraisablehook:
+      _previous_unraisablehook = sys.unraisablehook
+      sys.unraisablehook = _unraisablehook
+
+
+# Verification records.
+
+
+def _host_values(leaves):
+  """One host (numpy) copy of each leaf, fetched in one batch; None where this process cannot see the whole
+  array (a leaf sharded over other hosts) or the leaf is a Python scalar (stored as such, not checked)."""
+  picked, where = [], []
+  for i, leaf in enumerate(leaves):
+    if isinstance(leaf, jax.Array):
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+      if leaf.is_fully_replicated:
+        picked.append(leaf.addressable_shards[0].data)
+      elif leaf.is_fully_addressable:
+        picked.append(leaf)
+      else:
+        continue
+      where.append(i)
+    elif isinstance(leaf, (np.ndarray, np.generic)):
+      picked.append(np.asarray(leaf))
+      where.append(i)
+  values = [None] * len(leaves)
+  for i, value in zip(where, jax.device_get(picked)):
+    values[i] = np.asarray(value)
+  return values
+
+
+def _crc32(value):
+  return zlib.crc32(np.ascontiguousarray(value).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def _is_float(dtype):
+  return jax.dtypes.issubdtype(dtype, np.floating) or jax.dtypes.issubdtype(dtype, np.complexfloating)
+
+
+def _integrity_records(tree):
+  """({path: [crc32, dtype, shape]}, [paths of float arrays holding NaN or ±inf]) of a state pytree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  values = _host_values([leaf for _, leaf in flat])
+  records, nonfinite = {}, []
+  for (key_path, _), value in zip(flat, values):
+    if value is None:
+      continue
+    path = _path_str(key_path)
+    records[path] = [_crc32(value), value.dtype.name, list(value.shape)]
+    if _is_float(value.dtype) and not np.isfinite(value).all():
+      nonfinite.append(path)
+  return records, nonfinite
 
 
 def _is_int(value):
@@ -180,6 +301,9 @@ class CheckpointManager:
     self._previous_handlers = {}
     self._multiprocess_preemption = False
     self._closed = False
+    self._in_flight = None  # the step an asynchronous save is writing, until its end is checked
+    self._write_failed = False  # a background write failed (and was reported)
+    self._warned_unverified = False
 
   @property
   def directory(self):
@@ -211,14 +335,15 @@ class CheckpointManager:
     steps = self.all_steps()
     if step is None:
       if not steps:
-        raise FileNotFoundError(f"no checkpoint in {self._directory}: the directory holds no committed "
-                                "step directory; check has_checkpoint() first to start a fresh run")
+        raise errors.NoCheckpointError(f"no checkpoint in {self._directory}: the directory holds no "
+                                       "committed step directory; check has_checkpoint() first to start a "
+                                       "fresh run")
       return steps[-1]
     if not _is_int(step) or step < 0:
       raise ValueError(f"step must be None (the latest) or an int >= 0; got {step!r}")
     if step not in steps:
-      raise CheckpointError(f"no checkpoint for step {step} in {self._directory}; available steps: "
-                            f"{steps if steps else 'none'}")
+      raise CheckpointStepError(f"no checkpoint for step {step} in {self._directory}; available steps: "
+                                f"{steps if steps else 'none'}")
     return int(step)
 
   # Saving.
@@ -231,7 +356,8 @@ class CheckpointManager:
       state: a pytree of jax.Array / numpy / Python-scalar leaves; typed PRNG keys are supported.
       data_iterator: a grain `DatasetIterator` whose position to save (read now, before returning).
       metadata: a JSON-serializable dict stored beside the state (e.g. {'config': config.to_dict()}); the
-        keys 'step', 'wall_time' and 'ddpm_jax_version' are added and therefore reserved.
+        keys 'step', 'wall_time', 'ddpm_jax_version' and 'integrity' (the arrays' CRC-32s) are added and
+        therefore reserved.
       force: save even if `step` is not a multiple of `save_interval_steps` (preemption, end of training).
 
     Returns:
@@ -240,6 +366,8 @@ class CheckpointManager:
 
     Raises:
       CheckpointError: `step` is older than the latest saved step (the directory holds a later run).
+      NonFiniteStateError: a float array of `state` holds NaN or ±inf (nothing is written).
+      CheckpointWriteError: the previous asynchronous save, or this one's synchronous part, failed.
     """
     self._check_open()
     if not _is_int(step) or step < 0:
@@ -251,6 +379,7 @@ class CheckpointManager:
       raise TypeError(f"metadata must be None or a dict; got {type(metadata).__name__}")
     if not force and step % self._save_interval_steps:
       return False
+    self._finish_background_save()  # report a failed earlier write as that step's failure, not this one's
     latest = self.latest_step()
     if latest is not None and step <= latest:
       if step == latest:
@@ -272,6 +401,12 @@ class CheckpointManager:
     except (TypeError, ValueError) as e:
       raise TypeError(f"metadata must be JSON-serializable (dicts, lists, str, numbers, bool, None); "
                       f"{e}") from e
+    arrays, nonfinite = _integrity_records(state)
+    if nonfinite:
+      raise NonFiniteStateError(
+          f"refusing to save step {step} in {self._directory}: {len(nonfinite)} array(s) hold NaN or ±inf "
+          f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''})")
+    record[INTEGRITY_KEY] = {"algorithm": "crc32", "arrays": arrays}
     items = {STATE_ITEM: ocp.args.StandardSave(state), METADATA_ITEM: ocp.args.JsonSave(record)}
     if data_iterator is not None:
       if not isinstance(data_iterator, grain.DatasetIterator):
@@ -279,29 +414,69 @@ class CheckpointManager:
                         f"{type(data_iterator).__name__}")
       items[DATA_ITEM] = grain.checkpoint.CheckpointSave(item=data_iterator)
     # force=True: the decision was made above; Orbax's own default policy would add an "initial save".
-    return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
+    try:
+      started = bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
+    except Exception as e:  # pylint: disable=broad-except  (any failure to start writing is a write error)
+      raise self._write_error(step, e) from e
+    if started:
+      self._in_flight = step
+    return started
+
+  def _write_error(self, step, error):
+    self._write_failed = True
+    self._in_flight = None
+    committed = [s for s in self.all_steps() if s != step]
+    last = (f"the last committed checkpoint is step {committed[-1]} (intact)" if committed
+            else "no earlier checkpoint was committed")
+    return CheckpointWriteError(f"writing checkpoint step {step} to {self._directory} failed: "
+                                f"{_error_text(error).splitlines()[0]}; {last}")
+
+  def _finish_background_save(self):
+    """Waits for the asynchronous save in flight (if any); a failure becomes a CheckpointWriteError."""
+    step, self._in_flight = self._in_flight, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if self._write_failed:  # reported once already; Orbax repeats it at every wait
+        return
+      raise self._write_error(step if step is not None else self.latest_step(), e) from e
+
+  def check_background_save(self):
+    """Raises CheckpointWriteError at once if the asynchronous write of the last save has failed; returns
+    at once (without waiting) while it is still running. Cheap: the train loop calls it every step, so a
+    full disk stops the run when it happens, not at the next save."""
+    if self._in_flight is not None and not self._manager.is_saving_in_progress():
+      self._finish_background_save()
 
   def wait_until_finished(self):
-    """Blocks until every asynchronous save has been committed (re-raising an error of the background
-    write)."""
-    self._manager.wait_until_finished()
+    """Blocks until every asynchronous save has been committed (a failed background write raises
+    CheckpointWriteError)."""
+    self._finish_background_save()
+
+  def committed_steps(self):
+    """The steps whose writes have finished (waits for a save in flight)."""
+    self._finish_background_save()
+    return self.all_steps()
 
   # Restoring.
 
   def _earlier_steps_hint(self):
-    return f"Available steps: {self.all_steps()}; pass step= to restore an earlier one."
+    return (f"Available steps: {self.all_steps()}; pass step= to restore an earlier one (--step N on the "
+            "command line).")
 
   def _check_items(self, step, *, want_data):
     step_dir = self._step_dir(step)
-    required = [STATE_ITEM] + ([DATA_ITEM] if want_data else [])
+    required = [STATE_ITEM, METADATA_ITEM] + ([DATA_ITEM] if want_data else [])
     missing = [name for name in required if not (step_dir / name).is_dir()]
     if missing:
       hint = ""
+      error = CheckpointCorruptError
       if missing == [DATA_ITEM]:
+        error = CheckpointError  # not damage: the caller saved this step without an iterator
         hint = (" (this step was saved without data_iterator: restore with data_iterator=None and "
                 "start the data stream afresh, or pick a step saved with one)")
-      raise CheckpointError(f"checkpoint {step_dir} is incomplete: item(s) {missing} missing{hint}; "
-                            f"available steps: {self.all_steps()}")
+      raise error(f"checkpoint {step_dir} is incomplete: item(s) {missing} missing{hint}; "
+                  f"available steps: {self.all_steps()}")
 
   def _check_template(self, step, state_template, *, partial=False):
     """Raises CheckpointError listing every leaf where the saved tree and the template disagree (with
@@ -313,7 +488,7 @@ class CheckpointManager:
       if saved is None:
         raise ValueError("no tree metadata")
     except Exception as e:  # pylint: disable=broad-except  (any reader failure means the files are bad)
-      raise CheckpointError(
+      raise CheckpointCorruptError(
           f"checkpoint {step_dir} is corrupt: cannot read the metadata of item {STATE_ITEM!r} "
           f"({_error_text(e)})\n{self._earlier_steps_hint()}") from e
     saved_leaves = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
@@ -344,8 +519,41 @@ class CheckpointManager:
           + "\n".join(problems) + "\nAccepted: a template with the saved tree structure, shapes and dtypes "
           "(the model/optimizer config the checkpoint was written with; see metadata(step))")
 
+  def _verify(self, step, tree, integrity):
+    """Raises CheckpointCorruptError unless every array of the restored `tree` has the CRC-32 recorded at
+    save time (when there is a record) and every float array is finite."""
+    recorded = (integrity or {}).get("arrays", {}) if isinstance(integrity, dict) else {}
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    problems = []
+    for (key_path, _), value in zip(flat, _host_values([leaf for _, leaf in flat])):
+      if value is None:
+        continue
+      path = _path_str(key_path)
+      record = recorded.get(path)
+      if record is not None:
+        crc = _crc32(value)
+        if [crc, value.dtype.name, list(value.shape)] != [record[0], record[1], list(record[2])]:
+          problems.append(f"array {path} does not match the CRC-32 recorded when it was saved (saved "
+                          f"{record[0]:08x} {record[1]}{list(record[2])}, read {crc:08x} "
+                          f"{value.dtype.name}{list(value.shape)})")
+          continue
+      if _is_float(value.dtype) and not np.isfinite(value).all():
+        problems.append(f"array {path} holds NaN or ±inf")
+    if problems:
+      more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+      raise CheckpointCorruptError(f"checkpoint {self._step_dir(step)} is corrupt: {problems[0]}{more}\n"
+                                   f"{self._earlier_steps_hint()}")
+    if integrity is None and not self._warned_unverified:
+      self._warned_unverified = True
+      logging.warning("Checkpoint %s has no CRC-32 record (saved by an older ddpm_jax): its arrays were "
+                      "checked for NaN/inf only.", self._step_dir(step))
+
+  def _integrity(self, step):
+    """The step's recorded CRC-32s (None for a checkpoint saved before they were recorded)."""
+    return self._read_metadata(step).get(INTEGRITY_KEY)
+
   def restore(self, state_template, *, data_iterator=None, step=None):
-    """Returns the state saved at `step` (default: the latest), laid out like `state_template`.
+    """Returns the state saved at `step` (default: the latest), laid out like `state_template`, verified.
 
     Args:
       state_template: a pytree like the saved state: jax.Array leaves (their sharding is used for the
@@ -354,27 +562,31 @@ class CheckpointManager:
       step: the step to restore; None for the latest.
 
     Raises:
-      FileNotFoundError: the directory holds no checkpoint (and step is None).
-      CheckpointError: `step` does not exist, the checkpoint is corrupt or incomplete, or it does not match
-        the template (every differing leaf is listed).
+      FileNotFoundError (errors.NoCheckpointError): the directory holds no checkpoint (and step is None).
+      CheckpointStepError: `step` does not exist.
+      CheckpointCorruptError: the checkpoint is unreadable, incomplete, or fails verification (an array's
+        CRC-32 differs from the one recorded at save time, or a float array holds NaN/inf).
+      CheckpointError: it does not match the template (every differing leaf is listed).
     """
     self._check_open()
-    self._manager.wait_until_finished()  # an in-flight save of this run must be committed before reading
+    self._finish_background_save()  # an in-flight save of this run must be committed before reading
     step = self._resolve_step(step)
     if data_iterator is not None and not isinstance(data_iterator, grain.DatasetIterator):
       raise TypeError(f"data_iterator must be a grain.DatasetIterator (from ddpm_jax.data); got "
                       f"{type(data_iterator).__name__}")
     self._check_items(step, want_data=data_iterator is not None)
     self._check_template(step, state_template)
+    integrity = self._integrity(step)
     items = {STATE_ITEM: ocp.args.StandardRestore(jax.tree.map(_abstract_leaf, state_template))}
     if data_iterator is not None:
       items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(item=data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except  (the structure matched, so the files are bad)
-      raise CheckpointError(
+      raise CheckpointCorruptError(
           f"checkpoint {self._step_dir(step)} is corrupt: restoring it failed ({_error_text(e)})\n"
           f"{self._earlier_steps_hint()}") from e
+    self._verify(step, restored[STATE_ITEM], integrity)
     return restored[STATE_ITEM]
 
   def restore_fields(self, template, *, step=None):
@@ -382,46 +594,76 @@ class CheckpointManager:
 
     For inference: the optimizer state, the other parameter copy and the data iterator are not read, so the
     caller needs neither the optimizer nor the dataset to build the template. `template` is a dict from
-    field names to pytrees of `jax.ShapeDtypeStruct`s (with `sharding=`), jax.Arrays or numpy arrays.
+    field names to pytrees of `jax.ShapeDtypeStruct`s (with `sharding=`), jax.Arrays or numpy arrays. The
+    fields read are verified as in `restore`.
 
     Raises: as `restore`; a field the checkpoint lacks, or leaves that differ, are listed.
     """
     self._check_open()
-    self._manager.wait_until_finished()
+    self._finish_background_save()
     step = self._resolve_step(step)
     if not isinstance(template, dict) or not template:
       raise TypeError(f"template must be a non-empty dict of state fields; got {type(template).__name__}")
     self._check_items(step, want_data=False)
     self._check_template(step, template, partial=True)
+    integrity = self._integrity(step)
     abstract = jax.tree.map(_abstract_leaf, template)
     try:
       with ocp.PyTreeCheckpointer() as reader:
-        return reader.restore(
+        restored = reader.restore(
             self._step_dir(step) / STATE_ITEM,
             args=ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(
                 abstract), partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except  (the structure matched, so the files are bad)
-      raise CheckpointError(
+      raise CheckpointCorruptError(
           f"checkpoint {self._step_dir(step)} is corrupt: restoring {sorted(template)} failed "
           f"({_error_text(e)})\n{self._earlier_steps_hint()}") from e
+    self._verify(step, restored, integrity)
+    return restored
 
   def metadata(self, step=None):
     """The JSON metadata dict saved with `step` (default: the latest): the caller's entries plus 'step',
-    'wall_time' (seconds since the epoch) and 'ddpm_jax_version'."""
+    'wall_time' (seconds since the epoch), 'ddpm_jax_version' and 'integrity'."""
     self._check_open()
-    self._manager.wait_until_finished()
-    step = self._resolve_step(step)
+    self._finish_background_save()
+    return self._read_metadata(self._resolve_step(step))
+
+  def _read_metadata(self, step):
     step_dir = self._step_dir(step)
     if not (step_dir / METADATA_ITEM).is_dir():
-      raise CheckpointError(f"checkpoint {step_dir} is incomplete: item {METADATA_ITEM!r} missing; "
-                            f"available steps: {self.all_steps()}")
+      raise CheckpointCorruptError(f"checkpoint {step_dir} is incomplete: item {METADATA_ITEM!r} missing; "
+                                   f"available steps: {self.all_steps()}")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           **{METADATA_ITEM: ocp.args.JsonRestore()}))
+      record = restored[METADATA_ITEM]
+      if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"checkpoint {step_dir} is corrupt: reading item {METADATA_ITEM!r} failed with "
-                            f"{_error_text(e)}") from e
-    return restored[METADATA_ITEM]
+      raise CheckpointCorruptError(f"checkpoint {step_dir} is corrupt: reading item {METADATA_ITEM!r} "
+                                   f"failed with {_error_text(e)}") from e
+    return record
+
+  def set_aside(self, step, why):
+    """Moves step directory `step` out of the directory, to `<directory>_set_aside/<step>-<why>-<time>/`
+    (with a WHY.txt), so that later steps can be saved after an earlier one is resumed. Nothing is deleted.
+    With several processes the primary host moves it; all wait for each other. Returns the new path."""
+    self._check_open()
+    self._finish_background_save()
+    if not _is_int(step) or int(step) not in self.all_steps():
+      raise CheckpointStepError(f"no checkpoint for step {step} in {self._directory}; available steps: "
+                                f"{self.all_steps()}")
+    tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(why))[:40] or "set_aside"
+    destination = (self._directory.parent / (self._directory.name + SET_ASIDE_SUFFIX) /
+                   f"{int(step)}-{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
+    if jax.process_index() == 0:
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      self._step_dir(step).rename(destination)
+      (destination / "WHY.txt").write_text(f"{why}\n")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"ddpm_jax_set_aside_{int(step)}")
+    self._manager.reload()
+    return destination
 
   # Preemption.
 
@@ -494,8 +736,12 @@ class CheckpointManager:
     if self._closed:
       return
     try:
-      self._manager.wait_until_finished()
-      self._manager.close()
+      self._finish_background_save()
+      try:
+        self._manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._write_failed:  # else: the failure was raised already; Orbax repeats it here
+          raise
     finally:
       self._restore_signal_handlers()
       self._closed = True

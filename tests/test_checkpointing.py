@@ -1,6 +1,8 @@
 """Orbax checkpoints: exact round trips, iterator resume, retention, sharding, errors and SIGTERM handling."""
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -416,3 +418,84 @@ def test_sigterm_sets_the_flag_and_does_not_kill(tmp_path):
   with _manager(tmp_path / "ckpt") as manager:
     assert manager.all_steps() == [7]
     np.testing.assert_array_equal(manager.restore({"w": jnp.zeros(3)})["w"], np.arange(3.0))
+
+
+# Verification, write failures and setting steps aside.
+
+
+def test_readable_but_wrong_arrays_fail_their_recorded_crc32(tmp_path):
+  directory, step_dir = _saved_step_dir(tmp_path)
+  # Step 1's arrays under step 2's name: every file is intact, so only the CRC-32 record can tell.
+  shutil.rmtree(step_dir / "state")
+  shutil.copytree(directory / "1" / "state", step_dir / "state")
+  with _manager(directory) as manager:
+    assert set(manager.metadata(2)["integrity"]["arrays"]) == {"step", "w"}
+    with pytest.raises(checkpointing.CheckpointCorruptError,
+                       match=rf"checkpoint {step_dir} is corrupt: array (step|w) does not match the CRC-32 "
+                             r"recorded when it was saved \(saved [0-9a-f]{8} .*, read [0-9a-f]{8} .*\) \(and 1 "
+                             r"more\)\nAvailable steps: \[1, 2\]"):
+      manager.restore(_big_template())
+    with pytest.raises(checkpointing.CheckpointCorruptError, match=r"array w does not match the CRC-32"):
+      manager.restore_fields({"w": jax.ShapeDtypeStruct((64, 64), jnp.float32)})
+    _assert_step_1_still_restores(manager)
+
+
+def test_non_finite_states_are_not_saved_and_not_restored(tmp_path, monkeypatch):
+  nan_state = {"w": jnp.asarray([1.0, np.nan, 3.0]), "n": jnp.arange(3)}
+  with _manager(tmp_path / "ckpt") as manager:
+    with pytest.raises(checkpointing.NonFiniteStateError, match=r"refusing to save step 1 .*: 1 array\(s\) "
+                                                                 r"hold NaN or ±inf \(w\)"):
+      manager.save(1, nan_state)
+    assert manager.all_steps() == []
+  # A NaN that reached the disk anyway (written without the check) is refused on restore.
+  real = checkpointing._integrity_records
+  monkeypatch.setattr(checkpointing, "_integrity_records", lambda tree: (real(tree)[0], []))
+  with _manager(tmp_path / "ckpt") as manager:
+    manager.save(1, nan_state)
+  monkeypatch.undo()
+  with _manager(tmp_path / "ckpt") as manager:
+    with pytest.raises(checkpointing.CheckpointCorruptError, match=r"/1 is corrupt: array w holds NaN or ±inf"):
+      manager.restore({"w": jnp.zeros(3), "n": jnp.zeros(3, jnp.int32)})
+
+
+def test_a_failed_background_write_is_reported_once_naming_the_last_good_step(tmp_path, monkeypatch):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path_class = type(epath.Path("/"))
+  write_text = path_class.write_text
+
+  def disk_full(self, *args, **kwargs):  # Orbax writes the metadata item in its background thread
+    if "/2.orbax-checkpoint-tmp/metadata" in str(self):
+      raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    return write_text(self, *args, **kwargs)
+
+  monkeypatch.setattr(path_class, "write_text", disk_full)
+  manager = _manager(tmp_path / "ckpt")
+  manager.save(1, _big_state(1))
+  assert manager.save(2, _big_state(2))  # returns at once; the write fails in the background
+  deadline = time.monotonic() + 60
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r"writing checkpoint step 2 to .*ckpt failed: OSError: \[Errno 28\] No space left on "
+                           r"device: .*; the last committed checkpoint is step 1 \(intact\)"):
+    while time.monotonic() < deadline:  # the train loop's per-step poll
+      manager.check_background_save()
+      time.sleep(0.05)
+  manager.check_background_save()  # reported once
+  manager.close()  # does not raise it again
+  monkeypatch.undo()
+  with _manager(tmp_path / "ckpt") as manager:
+    assert manager.all_steps() == [1]
+    _assert_step_1_still_restores(manager)
+
+
+def test_set_aside_moves_a_step_out_so_that_it_can_be_written_again(tmp_path):
+  directory, step_dir = _saved_step_dir(tmp_path)
+  with _manager(directory) as manager:
+    moved = manager.set_aside(2, "corrupt")
+    assert manager.all_steps() == [1] and not step_dir.exists()
+    assert moved.parent == tmp_path / "ckpt_set_aside" and moved.name.startswith("2-corrupt-")
+    assert (moved / "WHY.txt").read_text() == "corrupt\n" and (moved / "state").is_dir()
+    with pytest.raises(checkpointing.CheckpointStepError, match=r"no checkpoint for step 7"):
+      manager.set_aside(7, "x")
+    assert manager.save(2, _big_state(3))
+    manager.wait_until_finished()
+    np.testing.assert_array_equal(manager.restore(_big_template())["w"], _big_state(3)["w"])
