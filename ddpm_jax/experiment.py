@@ -28,10 +28,12 @@ import optax
 from ddpm_jax import checkpointing
 from ddpm_jax import config_lib
 from ddpm_jax import diffusion as diffusion_lib
+from ddpm_jax import errors
 from ddpm_jax import fileio
 from ddpm_jax import params_dir as params_dir_lib
 from ddpm_jax import resample
 from ddpm_jax import sharding
+from ddpm_jax import workdir as workdir_lib
 from ddpm_jax.data import pipeline as data_pipeline
 from ddpm_jax.models import unet as unet_lib
 
@@ -200,15 +202,29 @@ def resolve_workdir(workdir: str) -> str:
   return fileio.resolve(workdir)
 
 
+def checkpoint_dir(workdir) -> str:
+  return fileio.join(workdir_lib.resolve(workdir), "checkpoints")
+
+
 def checkpoint_manager(config, workdir) -> checkpointing.CheckpointManager:
-  """The manager of `<workdir>/checkpoints` with the config's cadence and retention."""
+  """The manager of `<workdir>/checkpoints` with the config's cadence and retention (creates the folder)."""
   return checkpointing.CheckpointManager(
-      fileio.join(resolve_workdir(workdir), "checkpoints"), save_interval_steps=config.train.checkpoint_every,
+      checkpoint_dir(workdir), save_interval_steps=config.train.checkpoint_every,
       max_to_keep=config.train.keep_checkpoints, keep_every_n_steps=config.train.archive_every or None)
+
+
+def require_checkpoints(workdir) -> None:
+  """Raises NoCheckpointError, creating nothing, unless `workdir` has a checkpoints folder."""
+  if not fileio.exists(checkpoint_dir(workdir)):
+    where = workdir_lib.resolve(workdir)
+    what = "does not exist" if not fileio.exists(where) else "holds no checkpoints/ folder"
+    raise errors.NoCheckpointError(f"--workdir {where} {what}: train first with --mode train, or pass "
+                                   "--params DIR for a converted parameter directory.")
 
 
 def checkpoint_steps(config, workdir) -> list[int]:
   """The steps of the checkpoints kept in `workdir`, increasing."""
+  require_checkpoints(workdir)
   manager = checkpoint_manager(config, workdir)
   try:
     return sorted(int(s) for s in manager.all_steps())
@@ -237,6 +253,14 @@ class Experiment:
     return resample.create_named_schedule_sampler(self.config.diffusion.timestep_sampler,
                                                   self.config.diffusion.num_timesteps)
 
+  def check_batch_sizes(self, *fields: str) -> None:
+    """Raises ConfigError unless each batch-size field ('train.batch_size', 'eval.batch_size') splits over
+    the mesh's devices: checked before anything is compiled or read, so that a bad eval.batch_size does
+    not wait for the end of training to show."""
+    for field in fields:
+      section, name = field.split(".")
+      sharding.check_batch_size(self.config[section][name], self.mesh, field=field)
+
   def model_fn(self, params, **kwargs) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return model_fn(self.model, params, **kwargs)
 
@@ -260,11 +284,12 @@ class Experiment:
     parameters if `use_ema`, else the raw ones. Reads only those arrays (no optimizer state, no data
     iterator), so it needs neither the optimizer nor the dataset."""
     field = "ema_params" if use_ema else "params"
+    require_checkpoints(workdir)
     manager = checkpoint_manager(self.config, workdir)
     try:
       if not manager.has_checkpoint():
-        raise FileNotFoundError(f"No checkpoint in {manager.directory}: train first with --mode train "
-                                f"--workdir {workdir}.")
+        raise errors.NoCheckpointError(f"No checkpoint in {manager.directory}: train first with --mode train "
+                                       f"--workdir {workdir}.")
       restored = manager.restore_fields({"step": jax.ShapeDtypeStruct((), jnp.int32),
                                          field: self.abstract_params()}, step=step)
     finally:
@@ -291,8 +316,8 @@ class Experiment:
     converted checkpoint; `step` must then be None), else from the workdir's checkpoints."""
     if params_dir:
       if step is not None:
-        raise ValueError(f"--step={step} selects a workdir checkpoint, but --params {params_dir} holds one "
-                         "parameter set; drop one of the two.")
+        raise errors.UsageError(f"--step={step} selects a workdir checkpoint, but --params {params_dir} holds "
+                                "one parameter set; drop one of the two.")
       ckpt_step, params, info = self.load_params(params_dir)
       return ckpt_step, params, info["params"]
     ckpt_step, params = self.restore_params(workdir, step=step, use_ema=use_ema)

@@ -15,22 +15,55 @@ import tqdm
 from ddpm_jax import fileio
 
 
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Keeps the records of `path` with step <= `last_step` (and drops a torn last line), atomically; returns
+  how many records were dropped. A resumed run redoes the steps after its checkpoint, so their records
+  would otherwise appear twice."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        keep = isinstance(record, dict) and int(record.get("step", 0)) <= last_step
+      except (ValueError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    fileio.write_text(path, "".join(kept))
+  return dropped
+
+
 class MetricWriter:
   """Scalars to `metrics.jsonl` and TensorBoard event files (tensorboardX; no TensorFlow), images to TB.
 
   For a URL workdir (gs://...) both are written to a local mirror and uploaded at most every
   `sync_seconds` and on close (object stores cannot append).
+
+  `resume_step`: the checkpoint step a training run starts from. Records after it in metrics.jsonl (written
+  by the earlier run past its last checkpoint, and about to be redone) are removed, and TensorBoard is told
+  to drop its events after it (`purge_step`), so each step appears once.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, sync_seconds: float = 60.0):
+  def __init__(self, workdir: str, *, enabled: bool = True, sync_seconds: float = 60.0,
+               resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
+    self.dropped = 0
     if enabled:
       self._mirror = fileio.LocalMirror(workdir)
       self._mirror.pull("metrics.jsonl")  # a resumed run continues the remote log
-      self._jsonl = open(os.path.join(self._mirror.path, "metrics.jsonl"), "a", encoding="utf-8")
+      jsonl = os.path.join(self._mirror.path, "metrics.jsonl")
+      if resume_step is not None:
+        self.dropped = truncate_jsonl(jsonl, resume_step)
+      self._jsonl = open(jsonl, "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(self._mirror.path, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(self._mirror.path, "tensorboard"),
+                               purge_step=None if resume_step is None else resume_step + 1)
       self._sync_seconds = sync_seconds
       self._last_sync = time.time()
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import tqdm
 
+from ddpm_jax import errors
 from ddpm_jax import experiment as experiment_lib
 from ddpm_jax import fileio
 from ddpm_jax import likelihood
@@ -99,6 +100,7 @@ def bpd(config, workdir: str, *, step: int | None = None, params_dir: str | None
   """The full bound (all T terms + prior, `calc_bpd_loop`) over `data.eval_split` (`eval.num_examples`
   images, 0 = all), with its per-timestep terms, as bpd_step{N}.json and bpd_step{N}.png in the workdir."""
   exp = experiment_lib.Experiment(config)
+  exp.check_batch_sizes("eval.batch_size")
   workdir = experiment_lib.resolve_workdir(workdir)
   ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step,
                                                   use_ema=config.eval.use_ema)
@@ -259,6 +261,7 @@ def evaluate(config, workdir: str, *, step: int | None = None, params_dir: str |
   null class, also the guidance trade-off at each of `eval.guidance_scales`: guidance_step{N}.md (table)
   and .png (plot)."""
   exp = experiment_lib.Experiment(config)
+  exp.check_batch_sizes("eval.batch_size")
   workdir = experiment_lib.resolve_workdir(workdir)
   res, params = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir,
                                  num_samples=config.eval.num_samples, num_examples=config.eval.num_examples,
@@ -281,7 +284,7 @@ def parse_steps(spec: str, available: list[int]) -> list[int]:
   """Checkpoint steps from `--steps`: 'all', 'A:B' (every kept checkpoint with A ≤ step ≤ B; either end
   may be empty) or a comma list 'A,B,C' (each must exist)."""
   if not available:
-    raise FileNotFoundError("the workdir holds no checkpoint: train first with --mode train.")
+    raise errors.NoCheckpointError("the workdir holds no checkpoint: train first with --mode train.")
   spec = (spec or "all").strip()
   if spec == "all":
     return list(available)
@@ -294,12 +297,12 @@ def parse_steps(spec: str, available: list[int]) -> list[int]:
     else:
       chosen = sorted({int(v) for v in spec.split(",")})
   except ValueError:
-    raise ValueError(f"--steps={spec!r} is invalid: expected 'all', 'A:B' or 'A,B,...' with integer steps."
-                     ) from None
+    raise errors.UsageError(f"--steps={spec!r} is invalid: expected 'all', 'A:B' or 'A,B,...' with integer "
+                            "steps.") from None
   missing = [s for s in chosen if s not in available]
   if missing or not chosen:
-    raise ValueError(f"--steps={spec!r} selects {missing or 'no'} checkpoint(s) that the workdir does not "
-                     f"hold; kept steps: {available}.")
+    raise errors.UsageError(f"--steps={spec!r} selects {missing or 'no'} checkpoint(s) that the workdir does "
+                            f"not hold; kept steps: {available}.")
   return chosen
 
 
@@ -308,6 +311,7 @@ def sweep(config, workdir: str, *, steps: str = "all", fast: bool = False) -> di
   test images (NCSNv2's fast-FID idea: rank checkpoints cheaply, then evaluate the best one fully).
   Writes eval_sweep.md (a markdown table) and eval_sweep.json in the workdir."""
   exp = experiment_lib.Experiment(config)
+  exp.check_batch_sizes("eval.batch_size")
   workdir = experiment_lib.resolve_workdir(workdir)
   chosen = parse_steps(steps, experiment_lib.checkpoint_steps(config, workdir))
   num_samples = config.eval.fast_num_samples if fast else config.eval.num_samples

@@ -14,6 +14,7 @@ would.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -25,18 +26,21 @@ import numpy as np
 import optax
 import tqdm
 
+from ddpm_jax import checkpointing
+from ddpm_jax import errors
 from ddpm_jax import experiment as experiment_lib
 from ddpm_jax import fileio
 from ddpm_jax import likelihood
 from ddpm_jax import sampling
 from ddpm_jax import sharding
 from ddpm_jax import visualize
+from ddpm_jax import workdir as workdir_lib
 from ddpm_jax.data import pipeline as data_pipeline
 from ddpm_jax.metrics_writer import log
 from ddpm_jax.metrics_writer import MetricWriter
 
 
-class TrainingDivergedError(FloatingPointError):
+class TrainingDivergedError(errors.DdpmJaxError, FloatingPointError):
   """The loss or gradient norm became non-finite; the state after that step is not saved."""
 
 
@@ -50,8 +54,7 @@ class TrainState:
   sampler_state: Any  # the timestep sampler's state (empty for uniform)
 
 
-def create_train_state(exp: experiment_lib.Experiment) -> TrainState:
-  """Initialises parameters (replicated over the mesh) from `config.seed`'s "train" stream."""
+def _init_fn(exp: experiment_lib.Experiment):
   model, tx, sampler = exp.model, exp.tx, exp.timestep_sampler
 
   def init():
@@ -60,7 +63,20 @@ def create_train_state(exp: experiment_lib.Experiment) -> TrainState:
     params = model.init({"params": init_key}, x, t, y, train=False)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=tx.init(params), rng=run_key, sampler_state=sampler.init())
-  return jax.jit(init, out_shardings=sharding.replicated(exp.mesh))()
+  return init
+
+
+def create_train_state(exp: experiment_lib.Experiment) -> TrainState:
+  """Initialises parameters (replicated over the mesh) from `config.seed`'s "train" stream."""
+  return jax.jit(_init_fn(exp), out_shardings=sharding.replicated(exp.mesh))()
+
+
+def abstract_train_state(exp: experiment_lib.Experiment) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings, with nothing computed: the restore
+  template of a resumed run, so that resuming compiles no initialisation."""
+  rep = sharding.replicated(exp.mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      jax.eval_shape(_init_fn(exp)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -140,43 +156,211 @@ def compile_train_step(exp: experiment_lib.Experiment, state: TrainState):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from the workdir's latest checkpoint if there is one), then samples and evaluates.
+def _acquire_lock(workdir: str) -> workdir_lib.WorkdirLock:
+  """Process 0 takes the workdir's lock; with several processes all learn together whether it did."""
+  lock = workdir_lib.WorkdirLock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except errors.WorkdirError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      error = errors.WorkdirLockedError(f"--workdir {workdir}: process 0 could not take the workdir's lock "
+                                        "(its error says why).")
+  if error is not None:
+    raise error
+  if lock.taken_over:
+    log(f"Took over the lock of a run that is gone ({workdir_lib.describe_holder(lock.taken_over)}).")
+  return lock
+
+
+def _check_experiment(config, metadata: dict, step: int, manager, *, allow_config_change: bool) -> None:
+  """Refuses to resume checkpoints of another experiment (other model / diffusion / data-shape fields)."""
+  saved = metadata.get("fingerprint") or workdir_lib.fingerprint(metadata.get("config") or {})
+  differences = workdir_lib.fingerprint_diff(saved, workdir_lib.fingerprint(config))
+  if not differences:
+    return
+  if allow_config_change:
+    log(f"--allow_config_change: resuming step {step} of {manager.directory} with other fields: "
+        + "; ".join(differences) + ".")
+    return
+  raise errors.ExperimentMismatchError(
+      f"the checkpoints in {manager.directory} (step {step}) belong to another experiment; fields that "
+      f"differ (checkpoint → this command): {'; '.join(differences)}. Nothing was changed: use the "
+      "original config, another --workdir, or --allow_config_change to resume (fine-tune) from it anyway.")
+
+
+def _first_line(error: BaseException) -> str:
+  return str(error).strip().splitlines()[0]
+
+
+def _read_summary(workdir: str) -> dict | None:
+  path = fileio.join(workdir, "summary.json")
+  try:
+    summary = json.loads(fileio.read_text(path)) if fileio.exists(path) else None
+  except (OSError, ValueError):
+    return None
+  return summary if isinstance(summary, dict) else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+                       discard_later: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
+  """Trains (resuming from the workdir's newest checkpoint that verifies), then samples and evaluates.
 
   Writes into `workdir`: checkpoints/, metrics.jsonl, tensorboard/, samples/step_N.png (EMA grids),
   config.json and summary.json. Returns the summary dict.
-  """
-  workdir = experiment_lib.resolve_workdir(workdir)
-  exp = experiment_lib.Experiment(config)
-  sharding.check_batch_size(config.train.batch_size, exp.mesh)
-  main = jax.process_index() == 0
-  if main:
-    fileio.makedirs(workdir)
-    fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-  state = create_train_state(exp)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  train_iter = data_pipeline.create_train_iterator(config.data, batch_size=config.train.batch_size,
-                                                   seed=config.seed)
-  data_shape = data_pipeline.get_image_shape(config.data)
-  if tuple(data_shape) != tuple(exp.image_shape):
-    raise ValueError(f"config.data.name={config.data.name!r} yields images of shape {tuple(data_shape)}, but "
-                     f"the model was built for {tuple(exp.image_shape)} (data.sources.KNOWN_IMAGE_SHAPES); "
-                     "set config.data.image_size or correct the table.")
-  manager = experiment_lib.checkpoint_manager(config, workdir)
-  writer = MetricWriter(workdir, enabled=main)
-  start_step = 0
-  if manager.has_checkpoint():
-    state = manager.restore(state, data_iterator=train_iter)
+  Before anything is written, everything that can refuse the run is checked: the config (every field),
+  the batch sizes against the devices, the workdir (a writable folder, not locked by another run), the
+  checkpoints' experiment fingerprint against the config (`allow_config_change` to fine-tune anyway),
+  and `train.num_steps` against the checkpoint's step. A refused run changes no file in the workdir.
+
+  Resuming: from `step` if given (later checkpoints are moved to `checkpoints_set_aside/` only with
+  `discard_later`), else from the newest checkpoint that verifies; checkpoints after it that fail
+  verification are moved there too, with the reason logged. metrics.jsonl keeps each step once.
+  """
+  workdir = workdir_lib.resolve(workdir)
+  exp = experiment_lib.Experiment(config)  # validates every field
+  exp.check_batch_sizes("train.batch_size", "eval.batch_size")  # eval's too: it runs at the end
+  main = jax.process_index() == 0
+  created = workdir_lib.check_usable(workdir, create=True) if main else False
+  finished = False
+  try:
+    lock = _acquire_lock(workdir)
+    try:
+      # The dataset before any checkpoint folder: a missing dataset or split refuses the run here.
+      train_iter = data_pipeline.create_train_iterator(config.data, batch_size=config.train.batch_size,
+                                                       seed=config.seed)
+      data_shape = data_pipeline.get_image_shape(config.data)
+      if tuple(data_shape) != tuple(exp.image_shape):
+        raise errors.DataError(
+            f"config.data.name={config.data.name!r} yields images of shape {tuple(data_shape)}, but the model "
+            f"was built for {tuple(exp.image_shape)} (data.sources.KNOWN_IMAGE_SHAPES); set "
+            "config.data.image_size or correct the table.")
+      manager = experiment_lib.checkpoint_manager(config, workdir)
+      try:
+        summary = _train(exp, workdir, manager, train_iter, main=main, step=step, discard_later=discard_later,
+                         allow_config_change=allow_config_change)
+        finished = True
+        return summary
+      finally:
+        manager.close()
+    finally:
+      lock.release()
+  finally:
+    if created and not finished:  # a refused first run leaves no empty workdir behind
+      workdir_lib.remove_if_empty(workdir)
+
+
+def _train(exp, workdir, manager, train_iter, *, main, step, discard_later, allow_config_change):
+  config = exp.config
+  num_steps = config.train.num_steps
+  saved_steps = manager.all_steps()
+  if step is not None:
+    if step not in saved_steps:
+      raise checkpointing.CheckpointStepError(f"--step {step}: no such checkpoint in {manager.directory}; "
+                                              f"available steps: {saved_steps or 'none'}.")
+    later = [s for s in saved_steps if s > step]
+    if later and not discard_later:
+      raise errors.WorkdirError(
+          f"--step {step}: {manager.directory} holds later checkpoints {later}; add --discard_later to move "
+          f"them to {manager.directory}{checkpointing.SET_ASIDE_SUFFIX}/ and train on from step {step} "
+          "(nothing is deleted).")
+    candidates = [step]
+  else:
+    candidates = sorted(saved_steps, reverse=True)
+
+  # The cheap checks first (no array read, no compilation): the newest readable checkpoint's experiment
+  # and step against this config.
+  unusable = []  # (step, error) of checkpoints that fail to read or verify, newest first
+  metadata = {}
+  for s in candidates:
+    try:
+      metadata[s] = manager.metadata(s)
+    except checkpointing.CheckpointCorruptError as e:
+      unusable.append((s, e))
+      continue
+    _check_experiment(config, metadata[s], s, manager, allow_config_change=allow_config_change)
+    if s > num_steps:
+      raise errors.WorkdirError(
+          f"config.train.num_steps={num_steps} is below the step of the checkpoint to resume ({s} in "
+          f"{manager.directory}): nothing to train, nothing was changed. Raise train.num_steps to train on, "
+          f"or use --mode sample/eval on it.")
+    break
+
+  # Restore: the newest candidate that verifies (CRC-32 of every array, all floats finite).
+  state, start_step = None, 0
+  for s in candidates:
+    if any(s == bad for bad, _ in unusable):
+      continue
+    try:
+      if s not in metadata:
+        metadata[s] = manager.metadata(s)
+        _check_experiment(config, metadata[s], s, manager, allow_config_change=allow_config_change)
+      state = manager.restore(abstract_train_state(exp), data_iterator=train_iter, step=s)
+    except checkpointing.CheckpointCorruptError as e:
+      unusable.append((s, e))
+      continue
     start_step = int(state.step)
-    log(f"Resumed from {manager.directory} at step {start_step}.")
-  last_good = start_step if start_step else None
+    break
+  if candidates and state is None:
+    reasons = "; ".join(f"step {s}: {_first_line(e)}" for s, e in unusable)
+    raise checkpointing.CheckpointCorruptError(
+        f"no checkpoint in {manager.directory} can be resumed, nothing was changed ({reasons}). Move the "
+        "checkpoints folder away to train afresh.")
+  if state is not None and start_step == num_steps and not unusable:
+    summary = _read_summary(workdir)
+    if summary and summary.get("step") == num_steps and not summary.get("preempted"):
+      log(f"{workdir} is already trained to step {num_steps} (its checkpoint verifies, summary.json is "
+          "complete): nothing to do. Raise train.num_steps to train on.")
+      return summary
+  # From here on the run goes ahead and may write.
+  for s, e in unusable:
+    where = manager.set_aside(s, "corrupt")
+    log(f"Checkpoint step {s} is unusable ({_first_line(e)}); moved it to {where}.")
+  if unusable:
+    log(f"Fell back to step {start_step}, the newest checkpoint that verifies.")
+  if step is not None and discard_later:
+    for s in [s for s in manager.all_steps() if s > step]:
+      log(f"--discard_later: moved checkpoint step {s} to {manager.set_aside(s, 'discarded')}.")
+  if state is None:
+    state = create_train_state(exp)
+  else:
+    log(f"Resumed from {manager.directory} at step {start_step} (verified).")
+  if main:
+    fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  writer = MetricWriter(workdir, enabled=main, resume_step=start_step)
+  if writer.dropped:
+    log(f"metrics.jsonl: removed {writer.dropped} record(s) after step {start_step}; those steps are redone.")
+  try:
+    return _train_loop(exp, workdir, manager, writer, state, train_iter, start_step, main=main)
+  finally:
+    writer.close()
+
+
+def _train_loop(exp, workdir, manager, writer, state, train_iter, start_step, *, main):
+  config = exp.config
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+  good_steps = {start_step} if start_step else set()  # verified at restore, or finite and CRC'd at save
+
+  def last_good():
+    """The newest checkpoint known good: restored (verified) or saved by this run and committed."""
+    try:
+      committed = set(manager.committed_steps())
+    except checkpointing.CheckpointWriteError:
+      committed = set(manager.all_steps())
+    good = sorted(s for s in good_steps if s in committed)
+    return good[-1] if good else None
 
   k = config.train.steps_per_call
   num_steps = config.train.num_steps
   if (num_steps - start_step) % k:
-    raise ValueError(f"config.train.num_steps={num_steps} is invalid: (num_steps - resumed step {start_step}) "
-                     f"must be a multiple of train.steps_per_call={k}.")
+    raise errors.ConfigError(f"config.train.num_steps={num_steps} is invalid: (num_steps - resumed step "
+                             f"{start_step}) must be a multiple of train.steps_per_call={k}.")
   step_fn = compile_train_step(exp, state)
   sample_fn = sampling.make_sample_fn(exp)
   grid_labels = sampling.sample_labels(config, exp.model, config.train.num_grid_samples)
@@ -184,6 +368,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_key = experiment_lib.stream_key(config.seed, "eval")
   eval_bpd_fn = likelihood.make_bpd_fn(exp, full_bound=False) if config.train.eval_every else None
   pending = []  # device metrics since the last log, fetched only at log / checkpoint time
+
+  def diverged(detail):
+    good = last_good()
+    hint = (f"the last good checkpoint is step {good} (verified, finite) in {manager.directory}; resume "
+            "from it (it is restored automatically) with a lower learning rate or a tighter clip"
+            if good is not None else "no checkpoint was written before it")
+    return TrainingDivergedError(f"{detail}. Stopped without saving the diverged state; {hint}.")
 
   def flush(step):
     """Fetches pending metrics, stops on a non-finite step, logs their mean."""
@@ -196,12 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if not finite.all():
       first_bad = step - len(finite) + int(np.argmin(finite)) + 1
       bad = {k_: float(np.concatenate([m[k_] for m in fetched])[np.argmin(finite)]) for k_ in ("loss", "grad_norm")}
-      hint = (f"the last good checkpoint is step {last_good} in {manager.directory}; resume from it (it is "
-              "restored automatically) with a lower learning rate or a tighter clip" if last_good is not None
-              else "no checkpoint was written before it")
-      raise TrainingDivergedError(
-          f"Non-finite training step {first_bad}: loss={bad['loss']}, grad_norm={bad['grad_norm']}. Stopped "
-          f"without saving the diverged state; {hint}.")
+      raise diverged(f"Non-finite training step {first_bad}: loss={bad['loss']}, grad_norm={bad['grad_norm']}")
     means = {k_: float(np.mean(np.concatenate([np.atleast_1d(m[k_]) for m in fetched])))
              for k_ in fetched[0] if k_ != "finite"}
     writer.scalars(step, means)
@@ -225,59 +411,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = start_step
   last_log_time, last_log_step, last_metrics = time.time(), step, {}
   preempted = False
-  try:
-    with tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step", disable=not main,
-                   dynamic_ncols=True) as bar:
-      while step < num_steps:
-        local = [next(train_iter) for _ in range(k)]
-        batches = sharding.global_batch(jax.tree.map(lambda *xs: np.stack(xs), *local), exp.mesh, leading_axes=1)
-        state, metrics = step_fn(state, batches)
-        pending.append(metrics)
-        step += k
-        bar.update(k)
-        if step % config.train.log_every == 0 or step == num_steps:
-          last_metrics = flush(step)
-          now = time.time()
-          ips = (step - last_log_step) * config.train.batch_size / max(now - last_log_time, 1e-9)
-          last_log_time, last_log_step = now, step
-          writer.scalars(step, {"images_per_sec": ips})
-          bar.set_postfix(loss=f"{last_metrics['loss']:.4g}", img_s=f"{ips:.0f}")
-        preempted = manager.reached_preemption(step)
-        if step % config.train.checkpoint_every == 0 or preempted or step == num_steps:
-          flush(step)
-          manager.save(step, state, data_iterator=train_iter, force=True,
-                       metadata={"config": json.loads(config.to_json_best_effort())})
-          last_good = step
-        if preempted:
-          log(f"Preemption signal: saved step {step} to {manager.directory}; stopping. Run the same command "
-              "to resume.")
-          break
-        if config.train.sample_every and step % config.train.sample_every == 0 and step != num_steps:
-          write_grid(step, f"step_{step}.png")
-        if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
-          res = likelihood.evaluate_bpd(config, eval_bpd_fn, state.ema_params, exp.mesh, key=eval_key,
-                                        num_examples=config.eval.num_examples)
-          writer.scalars(step, {"eval_bpd": res["bpd"]})
-    manager.wait_until_finished()
-  finally:
-    manager.close()
+  metadata = {"config": json.loads(config.to_json_best_effort()), "fingerprint": workdir_lib.fingerprint(config)}
+  with tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step", disable=not main,
+                 dynamic_ncols=True) as bar:
+    while step < num_steps:
+      local = [next(train_iter) for _ in range(k)]
+      batches = sharding.global_batch(jax.tree.map(lambda *xs: np.stack(xs), *local), exp.mesh, leading_axes=1)
+      state, metrics = step_fn(state, batches)
+      pending.append(metrics)
+      step += k
+      bar.update(k)
+      manager.check_background_save()  # a failed checkpoint write (disk full) stops the run now
+      if step % config.train.log_every == 0 or step == num_steps:
+        last_metrics = flush(step)
+        now = time.time()
+        ips = (step - last_log_step) * config.train.batch_size / max(now - last_log_time, 1e-9)
+        last_log_time, last_log_step = now, step
+        writer.scalars(step, {"images_per_sec": ips})
+        bar.set_postfix(loss=f"{last_metrics['loss']:.4g}", img_s=f"{ips:.0f}")
+      preempted = manager.reached_preemption(step)
+      if step % config.train.checkpoint_every == 0 or preempted or step == num_steps:
+        flush(step)
+        try:
+          manager.save(step, state, data_iterator=train_iter, force=True, metadata=metadata)
+        except checkpointing.NonFiniteStateError as e:
+          raise diverged(f"Non-finite state at step {step} ({_first_line(e)})") from None
+        good_steps.add(step)
+      if preempted:
+        log(f"Preemption signal: saved step {step} to {manager.directory}; stopping. Run the same command "
+            "to resume.")
+        break
+      if config.train.sample_every and step % config.train.sample_every == 0 and step != num_steps:
+        write_grid(step, f"step_{step}.png")
+      if config.train.eval_every and step % config.train.eval_every == 0 and step != num_steps:
+        res = likelihood.evaluate_bpd(config, eval_bpd_fn, state.ema_params, exp.mesh, key=eval_key,
+                                      num_examples=config.eval.num_examples)
+        writer.scalars(step, {"eval_bpd": res["bpd"]})
+  manager.wait_until_finished()
 
   train_time = time.time() - t_start
   summary = {"workdir": workdir, "step": step, "num_params": int(num_params), "train_seconds": train_time,
              "preempted": preempted, "final_train_metrics": last_metrics}
-  if not preempted and step > start_step:
+  if not preempted:
     summary["samples_png"] = write_grid(step, f"step_{step}.png")
     if main:  # the latest grid also under a fixed name, for people and the README
       fileio.copy(summary["samples_png"], fileio.join(workdir, "samples.png"))
     params = state.ema_params if config.eval.use_ema else state.params
     res = likelihood.evaluate_bpd(config, likelihood.make_bpd_fn(exp, full_bound=config.eval.full_bound), params,
                                   exp.mesh, key=eval_key, num_examples=config.eval.num_examples,
-                       desc="bits/dim")
+                                  desc="bits/dim")
     summary.update({f"test_{k_}": v for k_, v in res.items()})
     summary["test_bpd_method"] = likelihood.bpd_method(config)
     summary["test_bpd_params"] = "ema" if config.eval.use_ema else "raw"
     writer.scalars(step, {"test_bpd": res["bpd"]})
-  writer.close()
-  if main:
+  if main:  # written whole under a temporary name, then renamed: never half a summary
     fileio.write_text(fileio.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary
