@@ -18,6 +18,7 @@ Random streams: every key a run uses comes from `config.seed` through `stream_ke
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -53,7 +54,7 @@ STREAMS = {
 }
 SUBSTREAMS = {
     "progressive": 10**6,  # in "sample": the chains of the progressive x̂_0 strip
-    "warmup": 10**4,       # in "sample": the benchmarks' warm-up batches, apart from the timed ones
+    "warmup": 10**4,       # in "sample" / "eval": the benchmarks' warm-up batches, apart from the timed ones
     "label_dropout": 10**5,  # in a train step's dropout key: which labels become the null class
 }
 
@@ -195,11 +196,10 @@ def dummy_inputs(model, image_shape, batch=1):
 
 def resolve_workdir(workdir: str) -> str:
   """The workdir as an absolute local path, or a URL (gs://bucket/run) kept as it is."""
-  if not isinstance(workdir, (str, bytes)) and not hasattr(workdir, "__fspath__"):
+  if not isinstance(workdir, (str, os.PathLike)) or not isinstance(os.fspath(workdir), str) or \
+      not os.fspath(workdir).strip():
     raise ValueError(f"--workdir={workdir!r} is invalid: expected a local folder or a gs://bucket/path URL.")
-  if not str(workdir).strip():
-    raise ValueError(f"--workdir={workdir!r} is invalid: expected a local folder or a gs://bucket/path URL.")
-  return fileio.resolve(workdir)
+  return fileio.resolve(os.fspath(workdir))
 
 
 def checkpoint_dir(workdir) -> str:

@@ -239,17 +239,23 @@ class _EvalFunctions:
 
 
 def _eval_checkpoint(config, workdir, exp, step, *, num_samples, num_examples, fns: _EvalFunctions,
-                     params_dir: str | None = None) -> dict[str, Any]:
-  ckpt_step, params, which = exp.inference_params(workdir, params_dir=params_dir, step=step,
-                                                  use_ema=config.eval.use_ema)
+                     params_dir: str | None = None, restored=None,
+                     samples_done: dict[str, Any] | None = None) -> dict[str, Any]:
+  """bits/dim + sample metrics of one checkpoint, appended to eval_history.jsonl. `restored` (step, params,
+  'ema'|'raw') skips the restore; `samples_done` are sample metrics already computed for these params."""
+  ckpt_step, params, which = restored or exp.inference_params(workdir, params_dir=params_dir, step=step,
+                                                              use_ema=config.eval.use_ema)
   res = {"checkpoint_step": ckpt_step, "params": which,
          "split": config.data.eval_split, "bpd_method": likelihood.bpd_method(config)}
   bpd_res = likelihood.evaluate_bpd(config, fns.bpd, params, exp.mesh,
                                     key=experiment_lib.stream_key(config.seed, "eval"),
                                     num_examples=num_examples, desc="bits/dim")
   res.update(bpd_res)
-  res.update(sample_metrics(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
-                            num_samples=num_samples, sample_fn=fns.sample))
+  if samples_done is not None:
+    res.update(samples_done)
+  else:
+    res.update(sample_metrics(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
+                              num_samples=num_samples, sample_fn=fns.sample))
   if _is_main():
     fileio.append_text(fileio.join(workdir, "eval_history.jsonl"), json.dumps(res) + "\n")
   return res, params
@@ -263,13 +269,20 @@ def evaluate(config, workdir: str, *, step: int | None = None, params_dir: str |
   exp = experiment_lib.Experiment(config)
   exp.check_batch_sizes("eval.batch_size")
   workdir = experiment_lib.resolve_workdir(workdir)
-  res, params = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir,
-                                 num_samples=config.eval.num_samples, num_examples=config.eval.num_examples,
-                                 fns=_EvalFunctions(config, exp))
-  n = res["checkpoint_step"]
+  fns = _EvalFunctions(config, exp)
+  rows, own, restored = None, None, None
   if exp.model.null_class and config.eval.num_samples and config.eval.guidance_scales:
-    rows = guidance_curve(config, exp, params, key=experiment_lib.stream_key(config.seed, "metric_samples"),
+    restored = exp.inference_params(workdir, params_dir=params_dir, step=step, use_ema=config.eval.use_ema)
+    rows = guidance_curve(config, exp, restored[1], key=experiment_lib.stream_key(config.seed, "metric_samples"),
                           num_samples=config.eval.num_samples)
+    # The config's own scale, when on the curve, drew the same samples: they are not drawn twice.
+    own = next(({k: v for k, v in r.items() if k != "guidance_scale"} for r in rows
+                if r["guidance_scale"] == float(config.sample.guidance_scale)), None)
+  res, _ = _eval_checkpoint(config, workdir, exp, step, params_dir=params_dir,
+                            num_samples=config.eval.num_samples, num_examples=config.eval.num_examples,
+                            fns=fns, restored=restored, samples_done=own)
+  n = res["checkpoint_step"]
+  if rows is not None:
     res["guidance"] = rows
     if _is_main():
       res["guidance_table"] = fileio.write_text(fileio.join(workdir, f"guidance_step{n}.md"),
