@@ -26,21 +26,15 @@ Background writes are watched: `check_background_save()` (cheap, called every tr
 `CheckpointWriteError` as soon as an asynchronous write has failed (disk full, permissions), with the last
 committed step named, instead of waiting for the next save to trip over it.
 
-Preemption (Cloud TPU sends SIGTERM with a short grace period): `install_preemption_handler` makes SIGTERM
-only set a flag; the train loop polls `reached_preemption(step)`, saves with `force=True` and exits. On
-several processes the decision must agree across hosts, so it comes from JAX's preemption sync service
-(`jax.experimental.multihost_utils.reached_preemption_sync_point`), which handles SIGTERM itself.
+Preemption (SIGTERM before a TPU VM is taken): `install_preemption_handler` / `reached_preemption(step)`,
+with the signal handling in `ddpm_jax.preemption`. Pytree paths, template expectations and the CRC-32 records
+are in `ddpm_jax.checkpoint_tree`.
 """
 
 import json
-import logging as std_logging
 import numbers
 import os
-import signal
-import sys
-import threading
 import time
-import zlib
 
 from absl import logging
 from etils import epath
@@ -51,7 +45,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import ddpm_jax
+from ddpm_jax import checkpoint_tree
 from ddpm_jax import errors
+from ddpm_jax import preemption
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
@@ -79,93 +75,6 @@ class CheckpointWriteError(CheckpointError):
 
 class NonFiniteStateError(CheckpointError):
   """`save` was given a state holding NaN or ±inf; nothing was written."""
-
-
-class _HideOrbaxErrors(std_logging.Filter):
-  """Drops Orbax's own error log records (each with a traceback) of failures that this module raises as
-  one-line errors anyway."""
-
-  def filter(self, record):
-    return not (record.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
-
-
-_ORBAX_ERROR_FILTER = _HideOrbaxErrors()
-_previous_unraisablehook = None
-
-
-def _unraisablehook(unraisable):
-  """Drops the 'Event loop is closed' errors that TensorStore's pending write futures report (hundreds of
-  tracebacks) when a failed save has shut down Orbax's event loop under them; passes on everything else."""
-  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-    return
-  (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
-
-
-def show_orbax_error_logs(show: bool) -> None:
-  """Whether Orbax's error logs (with tracebacks) and TensorStore's unraisable 'Event loop is closed'
-  errors after a failed write reach stderr. The command line hides them unless --verbose: every failure
-  they describe is raised here as a `CheckpointError` of one line."""
-  global _previous_unraisablehook
-  absl_logger = std_logging.getLogger("absl")
-  if show:
-    absl_logger.removeFilter(_ORBAX_ERROR_FILTER)
-    if sys.unraisablehook is _unraisablehook:
-      sys.unraisablehook = _previous_unraisablehook or sys.__unraisablehook__
-  else:
-    absl_logger.addFilter(_ORBAX_ERROR_FILTER)
-    if sys.unraisablehook is not _unraisablehook:
-      _previous_unraisablehook = sys.unraisablehook
-      sys.unraisablehook = _unraisablehook
-
-
-# Verification records.
-
-
-def _host_values(leaves):
-  """One host (numpy) copy of each leaf, fetched in one batch; None where this process cannot see the whole
-  array (a leaf sharded over other hosts) or the leaf is a Python scalar (stored as such, not checked)."""
-  picked, where = [], []
-  for i, leaf in enumerate(leaves):
-    if isinstance(leaf, jax.Array):
-      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        leaf = jax.random.key_data(leaf)
-      if leaf.is_fully_replicated:
-        picked.append(leaf.addressable_shards[0].data)
-      elif leaf.is_fully_addressable:
-        picked.append(leaf)
-      else:
-        continue
-      where.append(i)
-    elif isinstance(leaf, (np.ndarray, np.generic)):
-      picked.append(np.asarray(leaf))
-      where.append(i)
-  values = [None] * len(leaves)
-  for i, value in zip(where, jax.device_get(picked)):
-    values[i] = np.asarray(value)
-  return values
-
-
-def _crc32(value):
-  return zlib.crc32(np.ascontiguousarray(value).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
-
-
-def _is_float(dtype):
-  return jax.dtypes.issubdtype(dtype, np.floating) or jax.dtypes.issubdtype(dtype, np.complexfloating)
-
-
-def _integrity_records(tree):
-  """({path: [crc32, dtype, shape]}, [paths of float arrays holding NaN or ±inf]) of a state pytree."""
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  values = _host_values([leaf for _, leaf in flat])
-  records, nonfinite = {}, []
-  for (key_path, _), value in zip(flat, values):
-    if value is None:
-      continue
-    path = _path_str(key_path)
-    records[path] = [_crc32(value), value.dtype.name, list(value.shape)]
-    if _is_float(value.dtype) and not np.isfinite(value).all():
-      nonfinite.append(path)
-  return records, nonfinite
 
 
 def _is_int(value):
@@ -202,51 +111,6 @@ def _error_text(error):
   for marker in (" [tensorstore_spec=", " See full TensorStore details"):
     text = text.split(marker)[0]
   return f"{type(error).__name__}: {text[:2000]}"
-
-
-def _path_str(key_path):
-  """'params/Dense_0/kernel' for a pytree key path, the same for dicts, dataclass fields and sequences."""
-  parts = []
-  for entry in key_path:
-    if isinstance(entry, jax.tree_util.DictKey):
-      parts.append(str(entry.key))
-    elif isinstance(entry, jax.tree_util.GetAttrKey):
-      parts.append(entry.name)
-    elif isinstance(entry, jax.tree_util.SequenceKey):
-      parts.append(str(entry.idx))
-    elif isinstance(entry, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(entry.key))
-    else:
-      parts.append(str(entry))
-  return "/".join(parts) or "<root>"
-
-
-def _describe(shape, dtype):
-  return f"{np.dtype(dtype).name if dtype is not None else '?'}{list(shape) if shape is not None else '[?]'}"
-
-
-def _expected_leaf(leaf):
-  """(shape, dtype) the saved metadata must show for a template leaf; dtype None = any (Python scalars).
-
-  Orbax stores a typed PRNG key array as its raw key data (uint32, trailing key dimension), so a typed-key
-  template leaf expects the shape and dtype of `jax.random.key_data` of it.
-  """
-  if isinstance(leaf, (bool, numbers.Number)):
-    return (), None
-  shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
-  if shape is None or dtype is None:
-    return None, None
-  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    raw = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype))
-    return tuple(raw.shape), np.dtype(raw.dtype)
-  return tuple(shape), np.dtype(dtype)
-
-
-def _abstract_leaf(leaf):
-  """The restore target of one template leaf: jax.Arrays become ShapeDtypeStructs that keep their sharding."""
-  if isinstance(leaf, jax.Array):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  return leaf  # ShapeDtypeStruct (kept with its sharding), numpy arrays and Python scalars restore as such
 
 
 class CheckpointManager:
@@ -297,9 +161,7 @@ class CheckpointManager:
             METADATA_ITEM: ocp.JsonCheckpointHandler(),
         },
     )
-    self._preempted_by = None  # the signal number once SIGTERM/SIGINT arrived (set by the handler only)
-    self._previous_handlers = {}
-    self._multiprocess_preemption = False
+    self._preemption = preemption.PreemptionWatch()
     self._closed = False
     self._in_flight = None  # the step an asynchronous save is writing, until its end is checked
     self._write_failed = False  # a background write failed (and was reported)
@@ -401,7 +263,7 @@ class CheckpointManager:
     except (TypeError, ValueError) as e:
       raise TypeError(f"metadata must be JSON-serializable (dicts, lists, str, numbers, bool, None); "
                       f"{e}") from e
-    arrays, nonfinite = _integrity_records(state)
+    arrays, nonfinite = checkpoint_tree.integrity_records(state)
     if nonfinite:
       raise NonFiniteStateError(
           f"refusing to save step {step} in {self._directory}: {len(nonfinite)} array(s) hold NaN or ±inf "
@@ -491,19 +353,19 @@ class CheckpointManager:
       raise CheckpointCorruptError(
           f"checkpoint {step_dir} is corrupt: cannot read the metadata of item {STATE_ITEM!r} "
           f"({_error_text(e)})\n{self._earlier_steps_hint()}") from e
-    saved_leaves = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
-    template_leaves = {_path_str(p): leaf
+    saved_leaves = {checkpoint_tree.path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    template_leaves = {checkpoint_tree.path_str(p): leaf
                        for p, leaf in jax.tree_util.tree_flatten_with_path(state_template)[0]}
     problems = []
     for path in sorted(set(template_leaves) - set(saved_leaves)):
-      shape, dtype = _expected_leaf(template_leaves[path])
-      problems.append(f"  {path}: missing in the checkpoint (expected {_describe(shape, dtype)})")
+      shape, dtype = checkpoint_tree.expected_leaf(template_leaves[path])
+      problems.append(f"  {path}: missing in the checkpoint (expected {checkpoint_tree.describe(shape, dtype)})")
     for path in sorted(set(saved_leaves) - set(template_leaves)) if not partial else ():
       leaf = saved_leaves[path]
-      described = _describe(getattr(leaf, "shape", None), getattr(leaf, "dtype", None))
+      described = checkpoint_tree.describe(getattr(leaf, "shape", None), getattr(leaf, "dtype", None))
       problems.append(f"  {path}: in the checkpoint ({described}) but not in the template")
     for path in sorted(set(saved_leaves) & set(template_leaves)):
-      shape, dtype = _expected_leaf(template_leaves[path])
+      shape, dtype = checkpoint_tree.expected_leaf(template_leaves[path])
       if shape is None:
         continue
       leaf = saved_leaves[path]
@@ -511,8 +373,8 @@ class CheckpointManager:
       saved_dtype = getattr(leaf, "dtype", None)
       if saved_shape != shape or (dtype is not None and saved_dtype is not None and
                                   np.dtype(saved_dtype) != dtype):
-        problems.append(f"  {path}: saved {_describe(saved_shape, saved_dtype)}, expected "
-                        f"{_describe(shape, dtype if dtype is not None else saved_dtype)}")
+        problems.append(f"  {path}: saved {checkpoint_tree.describe(saved_shape, saved_dtype)}, expected "
+                        f"{checkpoint_tree.describe(shape, dtype if dtype is not None else saved_dtype)}")
     if problems:
       raise CheckpointError(
           f"checkpoint {step_dir} does not match the restore template ({len(problems)} leaves differ):\n"
@@ -525,19 +387,19 @@ class CheckpointManager:
     recorded = (integrity or {}).get("arrays", {}) if isinstance(integrity, dict) else {}
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     problems = []
-    for (key_path, _), value in zip(flat, _host_values([leaf for _, leaf in flat])):
+    for (key_path, _), value in zip(flat, checkpoint_tree.host_values([leaf for _, leaf in flat])):
       if value is None:
         continue
-      path = _path_str(key_path)
+      path = checkpoint_tree.path_str(key_path)
       record = recorded.get(path)
       if record is not None:
-        crc = _crc32(value)
+        crc = checkpoint_tree.crc32(value)
         if [crc, value.dtype.name, list(value.shape)] != [record[0], record[1], list(record[2])]:
           problems.append(f"array {path} does not match the CRC-32 recorded when it was saved (saved "
                           f"{record[0]:08x} {record[1]}{list(record[2])}, read {crc:08x} "
                           f"{value.dtype.name}{list(value.shape)})")
           continue
-      if _is_float(value.dtype) and not np.isfinite(value).all():
+      if checkpoint_tree.is_float(value.dtype) and not np.isfinite(value).all():
         problems.append(f"array {path} holds NaN or ±inf")
     if problems:
       more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -577,7 +439,7 @@ class CheckpointManager:
     self._check_items(step, want_data=data_iterator is not None)
     self._check_template(step, state_template)
     integrity = self._integrity(step)
-    items = {STATE_ITEM: ocp.args.StandardRestore(jax.tree.map(_abstract_leaf, state_template))}
+    items = {STATE_ITEM: ocp.args.StandardRestore(jax.tree.map(checkpoint_tree.abstract_leaf, state_template))}
     if data_iterator is not None:
       items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(item=data_iterator)
     try:
@@ -607,7 +469,7 @@ class CheckpointManager:
     self._check_items(step, want_data=False)
     self._check_template(step, template, partial=True)
     integrity = self._integrity(step)
-    abstract = jax.tree.map(_abstract_leaf, template)
+    abstract = jax.tree.map(checkpoint_tree.abstract_leaf, template)
     try:
       with ocp.PyTreeCheckpointer() as reader:
         restored = reader.restore(
@@ -668,62 +530,15 @@ class CheckpointManager:
   # Preemption.
 
   def install_preemption_handler(self, *, sigint=False):
-    """Arranges for SIGTERM (and SIGINT if `sigint`) to make `reached_preemption` return True.
-
-    With one process the handler only records the signal (no I/O in a signal handler; the train loop does
-    the save). With several processes JAX's distributed runtime already turns SIGTERM into a preemption
-    notice that it synchronizes over hosts, so no Python handler is installed (it would replace JAX's) and
-    `reached_preemption` asks JAX. Must be called from the main thread; `close()` puts the previous
-    handlers back.
-    """
+    """SIGTERM (and SIGINT if `sigint`) makes `reached_preemption` return True (`preemption.PreemptionWatch`);
+    `close()` puts the previous handlers back. Must be called from the main thread."""
     self._check_open()
-    if jax.process_count() > 1:
-      self._multiprocess_preemption = True
-      if sigint:
-        logging.warning("install_preemption_handler(sigint=True) is ignored with %d processes: only "
-                        "SIGTERM reaches JAX's preemption sync service.", jax.process_count())
-      return
-    if threading.current_thread() is not threading.main_thread():
-      raise RuntimeError("install_preemption_handler must be called from the main thread (Python delivers "
-                         "signals there only)")
-    signums = [signal.SIGTERM] + ([signal.SIGINT] if sigint else [])
-    for signum in signums:
-      if signum not in self._previous_handlers:
-        self._previous_handlers[signum] = signal.getsignal(signum)
-      signal.signal(signum, self._on_signal)
-
-  def _on_signal(self, signum, frame):
-    del frame
-    self._preempted_by = signum
+    self._preemption.install(sigint=sigint)
 
   def reached_preemption(self, step):
-    """True once a preemption signal arrived: the caller should save `step` with force=True and exit.
-
-    With several processes this is JAX's `reached_preemption_sync_point(step)`, True on every process at
-    the same step; it must then be called at every step by all processes.
-    """
-    if not _is_int(step) or step < 0:
-      raise ValueError(f"step must be an int >= 0; got {step!r}")
-    if self._multiprocess_preemption:
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-      except RuntimeError as e:
-        raise RuntimeError("JAX's preemption sync service is not running: call jax.distributed.initialize() "
-                           "with jax_enable_preemption_service=True (the default) before training on "
-                           f"several processes ({e})") from e
-    return self._preempted_by is not None
-
-  def _restore_signal_handlers(self):
-    if not self._previous_handlers:
-      return
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning("CheckpointManager closed off the main thread: the previous signal handlers cannot "
-                      "be restored.")
-      return
-    for signum, previous in self._previous_handlers.items():
-      # None: the previous handler was not installed from Python; the default action is the best we can do.
-      signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-    self._previous_handlers = {}
+    """True once a preemption signal arrived: the caller should save `step` with force=True and exit (with
+    several processes, True on every process at the same step; then call it at every step on all)."""
+    return self._preemption.reached(step)
 
   # Lifetime.
 
@@ -743,7 +558,7 @@ class CheckpointManager:
         if not self._write_failed:  # else: the failure was raised already; Orbax repeats it here
           raise
     finally:
-      self._restore_signal_handlers()
+      self._preemption.restore_handlers()
       self._closed = True
 
   def __enter__(self):

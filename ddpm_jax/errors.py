@@ -17,6 +17,10 @@ FileNotFoundError, RuntimeError), so `except ValueError` around a config check k
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
+import sys
+
 BAD_INPUT = 2
 RUNTIME_FAILURE = 1
 
@@ -83,3 +87,45 @@ def exit_status(error: BaseException) -> int | None:
     if status is not None:
       return status
   return None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What reaches stderr when a checkpoint write fails (`checkpointing` raises it as one line anyway).
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _HideOrbaxErrors(std_logging.Filter):
+  """Drops Orbax's own error log records (each with a traceback) of failures that this module raises as
+  one-line errors anyway."""
+
+  def filter(self, record):
+    return not (record.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+_ORBAX_ERROR_FILTER = _HideOrbaxErrors()
+_previous_unraisablehook = None
+
+
+def _unraisablehook(unraisable):
+  """Drops the 'Event loop is closed' errors that TensorStore's pending write futures report (hundreds of
+  tracebacks) when a failed save has shut down Orbax's event loop under them; passes on everything else."""
+  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+    return
+  (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def show_orbax_error_logs(show: bool) -> None:
+  """Whether Orbax's error logs (with tracebacks) and TensorStore's unraisable 'Event loop is closed'
+  errors after a failed write reach stderr. The command line hides them unless --verbose: every failure
+  they describe is raised here as a `CheckpointError` of one line."""
+  global _previous_unraisablehook
+  absl_logger = std_logging.getLogger("absl")
+  if show:
+    absl_logger.removeFilter(_ORBAX_ERROR_FILTER)
+    if sys.unraisablehook is _unraisablehook:
+      sys.unraisablehook = _previous_unraisablehook or sys.__unraisablehook__
+  else:
+    absl_logger.addFilter(_ORBAX_ERROR_FILTER)
+    if sys.unraisablehook is not _unraisablehook:
+      _previous_unraisablehook = sys.unraisablehook
+      sys.unraisablehook = _unraisablehook

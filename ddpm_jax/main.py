@@ -252,7 +252,7 @@ def main(argv):
   from ddpm_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ddpm_jax import config_lib  # pylint: disable=g-import-not-at-top
   from ddpm_jax import run_modes  # pylint: disable=g-import-not-at-top
-  checkpointing.show_orbax_error_logs(verbose)
+  errors.show_orbax_error_logs(verbose)
   config_lib.validate(config)  # before JAX's distributed runtime, the dataset or the workdir is touched
   initialize_distributed()
   if FLAGS.mode == "train":

@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import ddpm_jax
+from ddpm_jax import checkpoint_tree
 from ddpm_jax import checkpointing
 from ddpm_jax import data
 from ddpm_jax.data import mnist5k
@@ -448,8 +449,8 @@ def test_non_finite_states_are_not_saved_and_not_restored(tmp_path, monkeypatch)
       manager.save(1, nan_state)
     assert manager.all_steps() == []
   # A NaN that reached the disk anyway (written without the check) is refused on restore.
-  real = checkpointing._integrity_records
-  monkeypatch.setattr(checkpointing, "_integrity_records", lambda tree: (real(tree)[0], []))
+  real = checkpoint_tree.integrity_records
+  monkeypatch.setattr(checkpoint_tree, "integrity_records", lambda tree: (real(tree)[0], []))
   with _manager(tmp_path / "ckpt") as manager:
     manager.save(1, nan_state)
   monkeypatch.undo()
