@@ -264,18 +264,18 @@ class Experiment:
   def model_fn(self, params, **kwargs) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return model_fn(self.model, params, **kwargs)
 
+  def initial_params(self, key: jax.Array) -> Any:
+    """The network's initial parameters drawn from `key` (traceable; `init_params` runs it compiled)."""
+    x, t, y = dummy_inputs(self.model, self.image_shape)
+    return self.model.init({"params": key}, x, t, y, train=False)["params"]
+
   def init_params(self, key: jax.Array) -> Any:
     """Freshly initialised parameters, replicated over the mesh."""
-    def init():
-      x, t, y = dummy_inputs(self.model, self.image_shape)
-      return self.model.init({"params": key}, x, t, y, train=False)["params"]
-    return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
+    return jax.jit(self.initial_params, out_shardings=sharding.replicated(self.mesh))(key)
 
   def abstract_params(self) -> Any:
     """The parameters' shapes and dtypes (ShapeDtypeStructs replicated over the mesh); nothing is computed."""
-    x, t, y = dummy_inputs(self.model, self.image_shape)
-    shapes = jax.eval_shape(lambda: self.model.init({"params": jax.random.PRNGKey(0)}, x, t, y,
-                                                    train=False)["params"])
+    shapes = jax.eval_shape(self.initial_params, jax.random.PRNGKey(0))
     rep = sharding.replicated(self.mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
 

@@ -24,15 +24,20 @@ def _labels(exp, batch):
   return batch["label"] if exp.model.num_classes is not None else None
 
 
-def make_bound_terms_fn(exp: experiment_lib.Experiment):
-  """→ terms(params, batch, key) -> `calc_bpd_loop`'s dict: total_bpd [B], prior_bpd [B], terms_bpd [B, T],
-  mse [B, T] (per-timestep ‖x̂_0 − x_0‖² on the [-1, 1] scale), jitted; for `--mode bpd`."""
+def _bound_terms(exp: experiment_lib.Experiment):
+  """terms(params, batch, key) -> `calc_bpd_loop`'s dict for a batch (not jitted; shared below)."""
   clip = exp.config.eval.clip_denoised
 
   def terms(params, batch, key):
     return exp.diffusion.calc_bpd_loop(exp.model_fn(params, labels=_labels(exp, batch)), batch["image"],
                                        key=key, clip_denoised=clip)
-  return jax.jit(terms)
+  return terms
+
+
+def make_bound_terms_fn(exp: experiment_lib.Experiment):
+  """→ terms(params, batch, key) -> `calc_bpd_loop`'s dict: total_bpd [B], prior_bpd [B], terms_bpd [B, T],
+  mse [B, T] (per-timestep ‖x̂_0 − x_0‖² on the [-1, 1] scale), jitted; for `--mode bpd`."""
+  return jax.jit(_bound_terms(exp))
 
 
 def make_bpd_fn(exp: experiment_lib.Experiment, *, full_bound: bool):
@@ -42,12 +47,13 @@ def make_bpd_fn(exp: experiment_lib.Experiment, *, full_bound: bool):
   unbiased estimate L_T + T · mean_k L_{t_k} from K = eval.timesteps_per_example sampled timesteps per
   example (`sampled_bpd`), much cheaper and used while training.
   """
-  clip = exp.config.eval.clip_denoised
   if full_bound:
+    terms = _bound_terms(exp)
+
     def bpd(params, batch, key):
-      return exp.diffusion.calc_bpd_loop(exp.model_fn(params, labels=_labels(exp, batch)), batch["image"],
-                                         key=key, clip_denoised=clip)["total_bpd"]
+      return terms(params, batch, key)["total_bpd"]
   else:
+    clip = exp.config.eval.clip_denoised
     k = exp.config.eval.timesteps_per_example
 
     def bpd(params, batch, key):

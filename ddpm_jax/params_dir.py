@@ -19,6 +19,7 @@ import json
 import time
 from typing import Any, Mapping
 
+from flax import traverse_util
 import numpy as np
 
 import ddpm_jax
@@ -40,28 +41,6 @@ class ParamsDirError(errors.BadInputError, ValueError):
   """A parameter directory is missing, incomplete, corrupt, or belongs to another config."""
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten(value, path))
-    else:
-      out[path] = np.asarray(value, np.float32)
-  return out
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
-
-
 def write(directory: str, params: Mapping[str, Any], *, config, image_shape, source: str, ema: bool,
           step: int | None) -> str:
   """Writes `params` and their description into `directory` (created; an existing complete directory is
@@ -71,7 +50,7 @@ def write(directory: str, params: Mapping[str, Any], *, config, image_shape, sou
     raise ParamsDirError(f"{directory} already holds converted parameters ({INFO_FILE}); choose a new --out "
                          "or delete it first.")
   fileio.makedirs(directory)
-  flat = flatten(params)
+  flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   fileio.write_bytes(fileio.join(directory, PARAMS_FILE), buffer.getvalue())
@@ -138,7 +117,7 @@ def read_params(directory: str, *, expected: Mapping[str, Any]) -> dict:
       flat = {k: data[k] for k in data.files}
   except (OSError, ValueError, EOFError) as e:
     raise ParamsDirError(f"{path} cannot be read ({type(e).__name__}: {e}); re-run the conversion.") from None
-  want = {k: tuple(v.shape) for k, v in flatten_shapes(expected).items()}
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected, sep="/").items()}
   missing = sorted(set(want) - set(flat))
   extra = sorted(set(flat) - set(want))
   wrong = [f"{k}: file {flat[k].shape}, model {want[k]}" for k in sorted(set(want) & set(flat))
@@ -149,15 +128,4 @@ def read_params(directory: str, *, expected: Mapping[str, Any]) -> dict:
              f"wrong shape {wrong[:3]}{' …' if len(wrong) > 3 else ''}" if wrong else ""]
     raise ParamsDirError(f"{path} does not fit the model of this config: "
                          + "; ".join(p for p in parts if p) + ".")
-  return unflatten(flat)
-
-
-def flatten_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten_shapes(value, path))
-    else:
-      out[path] = value
-  return out
+  return traverse_util.unflatten_dict(flat, sep="/")

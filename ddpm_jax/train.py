@@ -55,12 +55,11 @@ class TrainState:
 
 
 def _init_fn(exp: experiment_lib.Experiment):
-  model, tx, sampler = exp.model, exp.tx, exp.timestep_sampler
+  tx, sampler = exp.tx, exp.timestep_sampler
 
   def init():
     init_key, run_key = experiment_lib.init_and_run_keys(exp.config.seed)
-    x, t, y = experiment_lib.dummy_inputs(model, exp.image_shape)
-    params = model.init({"params": init_key}, x, t, y, train=False)["params"]
+    params = exp.initial_params(init_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=tx.init(params), rng=run_key, sampler_state=sampler.init())
   return init
