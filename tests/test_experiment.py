@@ -157,6 +157,18 @@ def test_model_fn_routes_labels_dropout_and_the_train_flag(data_root):
   assert shapes == jax.tree.map(lambda p: (p.shape, p.dtype), params)
 
 
+def test_label_embedding_starts_unit_normal_like_improved_ddpm(data_root):
+  """Improved DDPM's label table is torch's nn.Embedding, N(0, 1) per entry; flax's default would be
+  N(0, 1/(4·ch)), rows of norm ≈ 1 against a timestep embedding several times larger."""
+  config = _tiny_config(data_root)
+  config.model.num_classes = 10
+  config.model.label_dropout = 0.1
+  exp = experiment.Experiment(config)
+  table = np.asarray(exp.init_params(jax.random.PRNGKey(0))["label_emb"]["embedding"], np.float64)
+  assert table.shape == (11, 4 * config.model.ch)  # ten digits and the null class
+  assert abs(table.mean()) < 0.1 and 0.9 < table.std() < 1.1
+
+
 def test_inference_builds_no_optimizer_no_timestep_sampler_and_reads_no_dataset(straight_run, monkeypatch):
   from ddpm_jax import checkpointing, run_modes, train  # pylint: disable=g-import-not-at-top
   from ddpm_jax.data import sources  # pylint: disable=g-import-not-at-top

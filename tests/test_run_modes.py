@@ -173,6 +173,9 @@ def cond_run(data_root, tmp_path_factory):
 
 def test_conditional_sampling_stores_labels_and_lays_out_one_row_per_class(cond_run):
   config, workdir = cond_run
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  # The training-end grid (10 samples, digits 0-9) has the same layout: one row per digit.
+  assert Image.open(os.path.join(workdir, "samples.png")).size == (2 * (1 * 30 + 2), 2 * (10 * 30 + 2))
   config = config.copy_and_resolve_references()
   config.sample.progressive_rows = 0
   config.sample.num_samples = 20
@@ -180,7 +183,6 @@ def test_conditional_sampling_stores_labels_and_lays_out_one_row_per_class(cond_
   data = np.load(result["npz"])
   np.testing.assert_array_equal(data["labels"], np.arange(20) % 10)
   assert data["images"].shape == (20, 28, 28, 1) and result["guidance_scale"] == 2.0
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   width, height = Image.open(result["grid"]).size
   assert (width, height) == (2 * (2 * 30 + 2), 2 * (10 * 30 + 2))  # 10 rows (digits) × 2 columns, enlarged 2×
   config.sample.labels = (3,)

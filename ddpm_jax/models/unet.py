@@ -156,7 +156,11 @@ class UNet(nn.Module):
     dropout: dropout rate inside res blocks, active only with `train=True`.
     resamp_with_conv: convolutional down/upsampling (True, the original's setting) or pooling/repeat.
     num_classes: None for an unconditional model; otherwise a learned label embedding ('label_emb')
-      is added to the timestep embedding and `y` is required.
+      is added to the timestep embedding and `y` is required. Its entries start N(0, 1), as Improved
+      DDPM's (torch's nn.Embedding default), so a label moves temb as much as the timestep does from the
+      first step. flax's default, N(0, 1/(4·ch)), gives rows of norm ≈ 1 beside a timestep embedding of
+      norm ≈ 5, and at the main job's budget the digit was then learned only weakly (classifier agreement
+      38% at guidance w = 3, against 99% with this init: README, "Class-conditional μ-models").
     null_class: the embedding gets one more row, label `num_classes`, the "no label" class that
       classifier-free guidance trains by label dropout and samples as the unconditional model.
     num_heads: attention heads (Improved DDPM); 1 reproduces the original.
@@ -242,7 +246,7 @@ class UNet(nn.Module):
     temb = TimestepEmbed(self.ch, name='temb', **kw)(t)
     if self.num_classes is not None:
       rows = self.num_classes + (1 if self.null_class else 0)
-      temb = temb + nn.Embed(rows, 4 * self.ch, name='label_emb',
+      temb = temb + nn.Embed(rows, 4 * self.ch, name='label_emb', embedding_init=nn.initializers.normal(1.0),
                              param_dtype=self.param_dtype)(y).astype(temb.dtype)
 
     hs = [layers.Conv3x3(self.ch, name='conv_in', **kw)(x)]
