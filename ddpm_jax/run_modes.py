@@ -77,10 +77,8 @@ def sample(config, workdir: str, *, step: int | None = None, params_dir: str | N
       arrays["labels"] = labels  # the class each image was drawn for
     np.savez_compressed(buffer, **arrays)
     fileio.write_bytes(npz, buffer.getvalue())
-    shown, ncol = images[:min(len(images), 100)], None
-    if labels is not None:  # one row per class when every class was drawn
-      shown, ncol = sampling.class_rows(images, labels, exp.model.num_classes)
-      shown = shown[:100]
+    shown, ncol = sampling.class_rows(images, labels, exp.model.num_classes)  # one row per class if all drawn
+    shown = shown[:100]
     grid = visualize.save_grid(fileio.join(out_dir, f"{tag}.png"), shown, ncol=ncol)
     result.update(npz=npz, grid=grid)
     if strip is not None:

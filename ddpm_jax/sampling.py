@@ -102,9 +102,9 @@ def generate_samples(sample_fn, params, *, key, num_samples: int, batch_size: in
   return np.concatenate(out)[:num_samples]
 
 
-def class_rows(images: np.ndarray, labels: np.ndarray, num_classes: int, *, per_class: int = 10):
+def class_rows(images: np.ndarray, labels: np.ndarray | None, num_classes: int | None, *, per_class: int = 10):
   """(images, ncol) for a grid with one row per class, in class order, when every class was drawn; else
-  the images as they are (ncol None)."""
+  (unconditional samples, labels None, included) the images as they are (ncol None)."""
   if labels is None or set(np.unique(labels).tolist()) != set(range(num_classes)):
     return images, None
   n = min(per_class, min(int((labels == c).sum()) for c in range(num_classes)))

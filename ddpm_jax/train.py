@@ -397,9 +397,8 @@ def _train_loop(exp, workdir, manager, writer, state, train_iter, start_step, *,
                                        key=sample_key, num_samples=config.train.num_grid_samples,
                                        batch_size=config.sample.batch_size, mesh=exp.mesh, labels=grid_labels,
                                        desc="sampling")
-    ncol = None
-    if grid_labels is not None:  # one row per class when every class was drawn, as --mode sample lays it out
-      images, ncol = sampling.class_rows(images, grid_labels, exp.model.num_classes)
+    # One row per class when every class was drawn, as --mode sample lays it out (unchanged without labels).
+    images, ncol = sampling.class_rows(images, grid_labels, exp.model.num_classes)
     if main:
       path = visualize.save_grid(fileio.join(workdir, "samples", name), images, ncol=ncol)
       writer.image(step, "samples", visualize.make_grid(visualize.to_uint8(images), ncol=ncol))
