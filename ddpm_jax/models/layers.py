@@ -91,19 +91,28 @@ def _sum_spatial(v: jax.Array) -> jax.Array:
 
 
 def _group_mean(per_channel_sum: jax.Array, groups: int, n: int) -> jax.Array:
-  """[B, C] per-channel sums → each group's mean (sum / n) repeated over its channels, as [B, 1, 1, C]."""
+  """[B, C] per-channel sums → each group's mean (sum / n) repeated over its channels, as [B, C].
+
+  The repetition over a group's channels is a product with the one-hot [G, C] matrix, not `jnp.repeat`:
+  XLA:CPU fuses a repeat's broadcast-and-reshape into every elementwise loop that reads the result and
+  recomputes the channel → group index per element there, which made the GroupNorm and swish loops
+  2.5-3.5× slower than the same loop reading a plain [B, C] array (28×28×96, batch 32: 3.2 ms against
+  0.96 ms). The product's result is a plain array."""
   b, c = per_channel_sum.shape
   g = jnp.sum(per_channel_sum.reshape(b, groups, c // groups), axis=-1) / n
-  return jnp.repeat(g, c // groups, axis=-1)[:, None, None, :]
+  if groups == c:
+    return g
+  one_hot = jnp.repeat(jnp.eye(groups, dtype=g.dtype), c // groups, axis=1)  # [G, C], a constant
+  return jnp.dot(g, one_hot, precision=jax.lax.Precision.HIGHEST)
 
 
-def _group_norm_parts(x, groups, eps):
+def _group_norm_stats(x, groups, eps):
+  """x: NHWC float32 → (mean, r) as [B, C]: each channel's group mean and 1/sqrt(var + eps)."""
   b, h, w, c = x.shape
   n = h * w * (c // groups)
-  xf = x.astype(jnp.float32)
-  d = xf - _group_mean(_sum_spatial(xf), groups, n)
-  inv = jax.lax.rsqrt(_group_mean(_sum_spatial(jnp.square(d)), groups, n) + eps)
-  return d * inv, inv
+  mean = _group_mean(_sum_spatial(x), groups, n)
+  var = _group_mean(_sum_spatial(jnp.square(x - mean[:, None, None, :])), groups, n)
+  return mean, jax.lax.rsqrt(var + eps)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -114,32 +123,43 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
   The variance is two-pass, E[(x - mean)²], not E[x²] - mean², to avoid cancellation. Written for
   XLA:CPU's speed, with the same values (to float32 rounding) as the plain formula: every sum over H and W
   is a product with a ones vector and the group sums follow on [B, C]; reducing a [B, H, W, G, C/G] view
-  over axes (1, 2, 4) was 5-20× slower (28×28×64, batch 32: 8.4 ms, PyTorch 0.4 ms). The gradient is
-  written out (x̂ = (x - mean)·r, g = dy·scale, means over each group):
-    dx = r · (g - mean(g) - x̂ · mean(g · x̂)),   dscale = Σ_{b,h,w} dy · x̂,   dbias = Σ_{b,h,w} dy.
+  over axes (1, 2, 4) was 5-20× slower (28×28×64, batch 32: 8.4 ms, PyTorch 0.4 ms). The per-example
+  statistics are [B, C] arrays (see `_group_mean`), so every pass over the activations is a plain
+  elementwise loop. The gradient is written out (x̂ = (x - mean)·r, g = dy·scale, means over each group,
+  S = Σ over H and W of one example):
+    dx = r · (g - mean(g) - x̂ · mean(g · x̂)),   dscale = Σ_b S(dy · x̂),   dbias = Σ_b S(dy),
+  with mean(g) and mean(g · x̂) taken from the same two per-channel sums S(dy) and S(dy · x̂), times scale.
+  The residuals are x itself and the [B, C] statistics: x̂ is recomputed, not stored.
   """
   return _group_norm_fwd(x, scale, bias, groups, eps)[0]
 
 
 def _group_norm_fwd(x, scale, bias, groups, eps):
-  xhat, inv = _group_norm_parts(x, groups, eps)
-  y = (xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-  return y, (xhat, inv, scale)
+  xf = x.astype(jnp.float32)
+  mean, r = _group_norm_stats(xf, groups, eps)
+  a = r * scale.astype(jnp.float32)  # [B, C]
+  y = (xf - mean[:, None, None, :]) * a[:, None, None, :] + bias.astype(jnp.float32)
+  return y.astype(x.dtype), (x, mean, r, scale)
 
 
 def _group_norm_bwd(groups, eps, res, dy):
   del eps
-  xhat, inv, scale = res
-  b, h, w, c = xhat.shape
+  x, mean, r, scale = res
+  b, h, w, c = x.shape
   n = h * w * (c // groups)
   dy = dy.astype(jnp.float32)
-  ones = jnp.ones((b * h * w,), jnp.float32)
-  flat = lambda v: v.reshape(-1, c)
-  dscale = jnp.dot(ones, flat(dy * xhat), precision=jax.lax.Precision.HIGHEST)
-  dbias = jnp.dot(ones, flat(dy), precision=jax.lax.Precision.HIGHEST)
-  g = dy * scale.astype(jnp.float32)
-  dx = inv * (g - _group_mean(_sum_spatial(g), groups, n) - xhat * _group_mean(_sum_spatial(g * xhat), groups, n))
-  return dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+  s = scale.astype(jnp.float32)
+  xhat = (x.astype(jnp.float32) - mean[:, None, None, :]) * r[:, None, None, :]
+  s_dy = _sum_spatial(dy)  # [B, C]
+  s_dyx = _sum_spatial(dy * xhat)  # [B, C]
+  ones = jnp.ones((b,), jnp.float32)
+  dbias = jnp.dot(ones, s_dy, precision=jax.lax.Precision.HIGHEST)
+  dscale = jnp.dot(ones, s_dyx, precision=jax.lax.Precision.HIGHEST)
+  mg = _group_mean(s_dy * s, groups, n)  # mean(g) per channel, [B, C]
+  mgx = _group_mean(s_dyx * s, groups, n)  # mean(g · x̂)
+  a = r * s
+  dx = dy * a[:, None, None, :] - (r * mg)[:, None, None, :] - xhat * (r * mgx)[:, None, None, :]
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
