@@ -8,7 +8,12 @@ listed with the JAX operation they came from (HLO `op_name` metadata). On XLA:CP
 (Eigen convolutions) do not appear as named ops; the gap between the step time and the traced total is
 reported as "untraced".
 
-  python benchmarks/profile_step.py --config configs/mnist_mu.py --batch_size 32
+With `--conv_floor` it also runs every convolution of the optimized step on its own (same operand shapes,
+window and dimension labels, random inputs, all in one compiled program): the step's time spent in
+convolution kernels if nothing else ran, so step - floor is what everything else costs. On XLA:CPU the
+convolutions run asynchronously in the thread pool, so the trace cannot give this split.
+
+  python benchmarks/profile_step.py --config configs/mnist_mu.py --batch_size 32 --conv_floor
   python benchmarks/profile_step.py --config configs/cifar10_mu_vlb_fixed.py --batch_size 8 --top 30
 """
 
@@ -42,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--batch_size", type=int, default=None, help="Global batch (config.train.batch_size).")
   parser.add_argument("--steps", type=int, default=5, help="Profiled steps (after 2 untimed ones).")
   parser.add_argument("--top", type=int, default=20, help="How many of the largest ops to list.")
+  parser.add_argument("--conv_floor", action="store_true",
+                      help="Also time the step's convolutions alone (see the module docstring).")
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error(f"--steps={args.steps} is invalid: expected an integer >= 1.")
@@ -58,6 +65,61 @@ def _hlo_index(hlo_text: str):
     if m:
       inst[m.group(1)] = m.group(2)
   return inst, comps
+
+
+_CONV_RE = re.compile(r"%([\w.\-]+) = f32\[([\d,]*)\]\S* convolution\(%([\w.\-]+), %([\w.\-]+)\), "
+                      r"window=\{([^}]*)\}, (?:feature_group_count=1, )?dim_labels=([\w>\-]+)")
+
+
+def _window(text: str, key: str, default: int, rank: int) -> list:
+  m = re.search(key + r"=([\d_x]+)", text)
+  if not m:
+    return [default] * rank
+  return [tuple(int(v) for v in p.split("_")) if "_" in p else int(p) for p in m.group(1).split("x")]
+
+
+def step_convolutions(hlo_text: str) -> list:
+  """Every float32 2-D convolution of an optimized HLO module as (name, lhs shape, rhs shape, conv kwargs,
+  output shape): `jax.lax.conv_general_dilated(lhs, rhs, **kwargs)` computes the same convolution."""
+  shapes = {m.group(1): tuple(int(v) for v in m.group(2).split(",") if v)
+            for m in re.finditer(r"%([\w.\-]+) = f32\[([\d,]*)\]", hlo_text)}
+  convs = []
+  for m in _CONV_RE.finditer(hlo_text):
+    name, out_shape, lhs, rhs, window, labels = m.groups()
+    if "rhs_reversal" in window or lhs not in shapes or rhs not in shapes:
+      raise ValueError(f"profile_step cannot rebuild convolution {name}: window={{{window}}}.")
+    lhs_l, rest = labels.split("_", 1)
+    rhs_l, out_l = rest.split("->")
+    dn = jax.lax.ConvDimensionNumbers((lhs_l.index("b"), lhs_l.index("f"), lhs_l.index("0"), lhs_l.index("1")),
+                                      (rhs_l.index("o"), rhs_l.index("i"), rhs_l.index("0"), rhs_l.index("1")),
+                                      (out_l.index("b"), out_l.index("f"), out_l.index("0"), out_l.index("1")))
+    kwargs = dict(window_strides=_window(window, "stride", 1, 2),
+                  padding=_window(window, "pad", (0, 0), 2) if "pad=" in window else [(0, 0), (0, 0)],
+                  lhs_dilation=_window(window, "lhs_dilate", 1, 2), rhs_dilation=_window(window, "rhs_dilate", 1, 2),
+                  dimension_numbers=dn)
+    convs.append((name, shapes[lhs], shapes[rhs], kwargs, tuple(int(v) for v in out_shape.split(",") if v)))
+  return convs
+
+
+def conv_floor_ms(hlo_text: str, repeats: int = 5) -> tuple[float, int]:
+  """(best time in ms of all the module's convolutions run alone in one program, how many there are)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  convs = step_convolutions(hlo_text)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(convs))
+  operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
+              for i, (_, lhs, rhs, _, _) in enumerate(convs)]
+
+  @jax.jit
+  def run(ops):
+    return [jnp.sum(jax.lax.conv_general_dilated(a, b, **kw)) for (a, b), (_, _, _, kw, _) in zip(ops, convs)]
+
+  jax.block_until_ready(run(operands))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run(operands))
+    best = min(best, time.perf_counter() - start)
+  return best * 1e3, len(convs)
 
 
 def classify(name: str, inst, comps) -> str:
@@ -122,7 +184,15 @@ def main(argv=None) -> dict:
     m = re.search(r'op_name="([^"]+)"', inst.get(name, ""))
     shape = inst.get(name, "").split(" ", 1)[0]
     top.append((f"{ms:.2f}", classify(name, inst, comps), name, shape, (m.group(1) if m else "")[-70:]))
+  floor = None
+  if args.conv_floor:
+    floor_ms, n_convs = conv_floor_ms(compiled.as_text())
+    floor = {"ms": floor_ms, "convolutions": n_convs, "rest_ms": step_s * 1e3 - floor_ms}
+    print(f"convolution floor: the step's {n_convs} convolutions alone take {floor_ms:.1f} ms "
+          f"({100 * floor_ms / (step_s * 1e3):.0f}% of the step); everything else ≈ {floor['rest_ms']:.1f} ms",
+          file=sys.stderr)
   record = {"benchmark": "profile_step", "source": source, "batch_size": config.train.batch_size,
+            "conv_floor": floor,
             "step_ms": step_s * 1e3, "images_per_sec": config.train.batch_size / step_s,
             "ms_by_kind": dict(by_kind), "top_ops": [dict(zip(("ms", "kind", "op", "shape", "from"), t)) for t in top],
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "env": common.environment(list(exp.mesh.devices.flat))}

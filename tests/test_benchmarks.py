@@ -197,9 +197,34 @@ def test_torch_comparison_imports_without_torch_and_asks_for_it(monkeypatch, cap
   assert "train_mnist" not in proc.stderr  # no row was started
 
 
+def test_profile_step_rebuilds_each_convolution_of_the_optimized_hlo():
+  """The convolutions the conv floor times are the step's: for a program with a stride-2 TF-padded conv and
+  its gradients (a dilated-input and a 14×14-window weight-gradient convolution), every rebuilt convolution
+  has the output shape XLA gave it."""
+  import jax
+  import jax.numpy as jnp
+
+  def loss(w, x):
+    y = jax.lax.conv_general_dilated(x, w, (2, 2), ((0, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jax.lax.conv_general_dilated(y, w[..., :3, :], (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+  w, x = jnp.ones((3, 3, 3, 3)), jnp.ones((2, 28, 28, 3))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
+  convs = profile_step.step_convolutions(hlo)
+  assert len(convs) == hlo.count(" convolution(") >= 5
+  assert any(kw["lhs_dilation"] != [1, 1] for *_, kw, _ in convs)
+  for name, lhs, rhs, kw, out in convs:
+    got = jax.eval_shape(lambda a, b, kw=kw: jax.lax.conv_general_dilated(a, b, **kw),
+                         jax.ShapeDtypeStruct(lhs, jnp.float32), jax.ShapeDtypeStruct(rhs, jnp.float32))
+    assert got.shape == out, (name, kw)
+
+
 def test_profile_step_groups_the_traced_ops_by_kind(capsys):
-  record = profile_step.main(TINY + ["--batch_size", "2", "--steps", "1", "--top", "5"])
+  record = profile_step.main(TINY + ["--batch_size", "2", "--steps", "1", "--top", "5", "--conv_floor"])
   assert record["benchmark"] == "profile_step" and record["step_ms"] > 0
+  # One-level net: conv_in, the block's two convolutions, conv_out, each forward and both gradients.
+  assert record["conv_floor"]["convolutions"] >= 12 and record["conv_floor"]["ms"] > 0
   assert set(record["ms_by_kind"]) <= set(profile_step.KINDS) and sum(record["ms_by_kind"].values()) > 0
   assert 1 <= len(record["top_ops"]) <= 5 and all(op["kind"] in profile_step.KINDS for op in record["top_ops"])
   # A convolution layer's HLO is classified as one, whatever fusion it sits in.
