@@ -94,7 +94,7 @@ def step_convolutions(hlo_text: str) -> list:
                                       (rhs_l.index("o"), rhs_l.index("i"), rhs_l.index("0"), rhs_l.index("1")),
                                       (out_l.index("b"), out_l.index("f"), out_l.index("0"), out_l.index("1")))
     kwargs = dict(window_strides=_window(window, "stride", 1, 2),
-                  padding=_window(window, "pad", (0, 0), 2) if "pad=" in window else [(0, 0), (0, 0)],
+                  padding=_window(window, "pad", (0, 0), 2),
                   lhs_dilation=_window(window, "lhs_dilate", 1, 2), rhs_dilation=_window(window, "rhs_dilate", 1, 2),
                   dimension_numbers=dn)
     convs.append((name, shapes[lhs], shapes[rhs], kwargs, tuple(int(v) for v in out_shape.split(",") if v)))
@@ -145,7 +145,8 @@ def main(argv=None) -> dict:
   step_fn = train.compile_train_step(exp, state)
   batch = common.synthetic_batch(exp, config.train.batch_size, leading=(1,), seed=config.seed)
   compiled = step_fn.lower(state, batch).compile()
-  inst, comps = _hlo_index(compiled.as_text())
+  hlo_text = compiled.as_text()
+  inst, comps = _hlo_index(hlo_text)
   for _ in range(2):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
@@ -186,7 +187,7 @@ def main(argv=None) -> dict:
     top.append((f"{ms:.2f}", classify(name, inst, comps), name, shape, (m.group(1) if m else "")[-70:]))
   floor = None
   if args.conv_floor:
-    floor_ms, n_convs = conv_floor_ms(compiled.as_text())
+    floor_ms, n_convs = conv_floor_ms(hlo_text)
     floor = {"ms": floor_ms, "convolutions": n_convs, "rest_ms": step_s * 1e3 - floor_ms}
     print(f"convolution floor: the step's {n_convs} convolutions alone take {floor_ms:.1f} ms "
           f"({100 * floor_ms / (step_s * 1e3):.0f}% of the step); everything else ≈ {floor['rest_ms']:.1f} ms",
