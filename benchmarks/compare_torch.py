@@ -1,10 +1,11 @@
-r"""JAX vs PyTorch on the same CPU: the project's compiled train step and network against a torch re-implementation.
+r"""JAX vs PyTorch on the same CPU (or GPU): the project's compiled train step and network against a torch re-implementation.
 
 One process runs both implementations interleaved (A B A B ...): each round times `--steps_per_round` steps
 of JAX, then as many of torch, on the same batch with the same number of threads; warm-up and compilation
 are outside the timed rounds. Prints images/s for each (median over rounds), the ratio JAX / torch (> 1:
-JAX is faster) and GFLOP/s, the FLOPs being XLA's cost analysis of the compiled JAX program (the same
-count is applied to both sides, so the GFLOP/s ratio is the speed ratio).
+JAX is faster) and GFLOP/s, the FLOPs being the convolutions and matrix products of the JAX program's jaxpr
+(`common.matmul_flops`: the same count on CPU and GPU, applied to both sides, so the GFLOP/s ratio is the
+speed ratio; XLA's compiled count, ≈ 3% higher on CPU with the elementwise work, is in the JSON).
 
 Rows (`--rows`, default all):
   train_mnist     main-job net (configs/mnist_mu.py, 1,112,801 parameters), batch 32, one train step
@@ -21,6 +22,19 @@ What each side runs:
     target, backward, clip_grad_norm_, Adam, `torch._foreach_lerp_` EMA), eager, NCHW.
   torch sample: `torch_reference.TorchSampler.step`, eval mode under torch.no_grad().
   Both start from the same weights (the Flax init, copied into the torch net) and see the same images.
+
+GPU rows (`--platform gpu`): both sides on the first CUDA device, JAX through its CUDA backend (memory
+fraction capped at 0.45 unless XLA_PYTHON_CLIENT_MEM_FRACTION is set, so torch has room in the same process),
+torch eager with `cudnn.benchmark = True` (XLA autotunes its convolutions too); each timed torch round ends in
+`torch.cuda.synchronize()`. `--dtypes float32,bfloat16` runs each row in both: JAX with
+`config.model.dtype="bfloat16"` (float32 parameters, convolutions/products in bfloat16, GroupNorm and
+softmax in float32), torch under `torch.autocast(bfloat16)` (the same split). float32 on the GPU: JAX's
+default precision computes float32 convolutions and products in TF32 on tensor cores, so torch is set to
+the same (`allow_tf32` for cuDNN and matmul) — equal terms, stated in the JSON. MFU = FLOPs/s ÷ the
+device's dense tensor-core peak for that dtype (bf16, or TF32 for float32) from `common.PEAK_FLOPS`
+(`--peak_tflops` overrides).
+
+  python benchmarks/compare_torch.py --platform gpu --dtypes float32,bfloat16 --batch_size 128
 
 Threads: JAX on CPU runs on XLA's intra-op pool, which is sized from the CPUs this process may run on, so
 `--threads N` (default: all of them) pins the process to N CPUs before JAX starts and calls
@@ -87,8 +101,28 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--threads", type=int, default=None,
                       help="Threads for both: torch.set_num_threads, and the CPUs JAX's XLA pool runs on "
                            "(default: every CPU this process may use).")
+  parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                      help="Where both implementations run (default cpu; gpu: the first CUDA device).")
+  parser.add_argument("--dtypes", default="float32",
+                      help="Comma-separated compute dtypes, each row run in each: float32 (default), bfloat16.")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="Batch for every row instead of the row's own (e.g. 128 on a GPU, where the CPU "
+                           "batches measure launch latency).")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="Peak dense TFLOP/s for MFU at every dtype (default: from a table of known GPUs; "
+                           "no MFU on CPUs).")
   parser.add_argument("--out", default=None, help="Also append the JSON record as one line to this file.")
   args = parser.parse_args(argv)
+  dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+  bad = [d for d in dtypes if d not in torch_reference.AUTOCAST_DTYPES]
+  if bad or not dtypes:
+    parser.error(f"--dtypes={args.dtypes!r} is invalid: expected a comma-separated subset of "
+                 f"{list(torch_reference.AUTOCAST_DTYPES)}.")
+  args.dtypes = dtypes
+  if args.batch_size is not None and args.batch_size < 1:
+    parser.error(f"--batch_size={args.batch_size} is invalid: expected an integer >= 1.")
+  if args.peak_tflops is not None and not args.peak_tflops > 0:
+    parser.error(f"--peak_tflops={args.peak_tflops} is invalid: expected a positive number.")
   names = list(ROWS) if args.rows.strip() == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
   unknown = [r for r in names if r not in ROWS]
   if unknown or not names:
@@ -134,19 +168,32 @@ def _set_threads(threads: int, notes: list[str]) -> dict[str, Any]:
   return info
 
 
-def _load_config(row: Row):
+def peak_tflops(device_kind: str, dtype: str, override: float | None = None) -> tuple[float | None, str]:
+  """→ (the MFU denominator in TFLOP/s for this device and compute dtype, or None; how it was chosen).
+
+  From `common.PEAK_FLOPS` (dense tensor-core peaks; float32 against TF32 on NVIDIA parts, which both
+  sides use for float32 convolutions here), unless `override` (--peak_tflops) is given.
+  """
+  if override is not None:
+    return float(override), "--peak_tflops"
+  peak, how = common.peak_flops_per_device(device_kind, dtype)
+  return (None if peak is None else peak / 1e12), how
+
+
+def _load_config(row: Row, dtype: str = "float32"):
   args = argparse.Namespace(config=os.path.join(common.REPO_ROOT, row.config), preset=None, dtype=None,
                             image_size=None, overrides=[])
-  fields = {"train.steps_per_call": 1}
+  fields = {"train.steps_per_call": 1, "model.dtype": dtype}
   if row.kind == "train":
     fields["train.batch_size"] = row.batch_size
   return common.build_config(args, **fields)
 
 
-def _setup_row(name: str, row: Row) -> dict[str, Any]:
+def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
   """Builds both sides of a row; returns their step runners, FLOPs and compile time."""
   import torch  # pylint: disable=g-import-not-at-top
-  config, _ = _load_config(row)
+  device = "cuda" if platform == "gpu" else "cpu"
+  config, _ = _load_config(row, dtype)
   exp = common.build_experiment(config, num_devices=1)
   state = train.create_train_state(exp)
   num_params = common.count_params(state.params)
@@ -160,11 +207,14 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
 
   model = torch_reference.build_model(config, exp.image_shape, expected_params=num_params)
   torch_reference.load_flax_params(model, jax.device_get(state.params))
-  x_torch = torch_reference.to_torch_images(host_images)
+  model = model.to(device)
+  x_torch = torch_reference.to_torch_images(host_images, device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   t0 = time.perf_counter()
   if row.kind == "train":
     step_fn = train.compile_train_step(exp, state)
+    jit_call = (step_fn, state, batches)
     compiled = step_fn.lower(state, batches).compile()
     holder = {"state": state, "metrics": None}
 
@@ -176,13 +226,14 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
     def jax_finite() -> bool:
       return bool(np.all(np.asarray(jax.device_get(holder["metrics"]["finite"]))))
 
-    trainer = torch_reference.TorchTrainer(model, config)
-    target = torch.randn(x_torch.shape[0], model.conv_out.out_channels, *x_torch.shape[2:])
+    trainer = torch_reference.TorchTrainer(model, config, dtype=dtype)
+    target = torch.randn(x_torch.shape[0], model.conv_out.out_channels, *x_torch.shape[2:], device=device)
     torch_out = {"loss": None}
 
     def run_torch(n: int) -> None:
       for _ in range(n):
         torch_out["loss"] = trainer.step(x_torch, target)
+      sync()
 
     def torch_finite() -> bool:
       return bool(torch.isfinite(torch_out["loss"]).item())
@@ -193,6 +244,7 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
     x_jax = batches["image"][0]
     t_jax = jax.random.randint(jax.random.PRNGKey(0), (b,), 0, config.diffusion.num_timesteps)
     params = state.params
+    jit_call = (apply, params, x_jax, t_jax)
     compiled = apply.lower(params, x_jax, t_jax).compile()
     holder = {"out": None}
 
@@ -204,22 +256,28 @@ def _setup_row(name: str, row: Row) -> dict[str, Any]:
     def jax_finite() -> bool:
       return bool(np.all(np.isfinite(np.asarray(jax.device_get(holder["out"])))))
 
-    sampler = torch_reference.TorchSampler(model, config)
+    sampler = torch_reference.TorchSampler(model, config, dtype=dtype)
     torch_out = {"out": None}
 
     def run_torch(n: int) -> None:
       for _ in range(n):
         torch_out["out"] = sampler.step(x_torch)
+      sync()
 
     def torch_finite() -> bool:
       return bool(torch.isfinite(torch_out["out"]).all().item())
 
     extra = {}
   compile_s = time.perf_counter() - t0
-  flops = common.cost_flops(common.safe_cost_analysis(compiled))
+  compiled_flops = common.cost_flops(common.safe_cost_analysis(compiled))
+  flops, count_notes = common.matmul_flops(*jit_call)
+  source = "convolutions and matrix products of the JAX jaxpr (common.matmul_flops)"
+  extra["compiled_flops_per_image"] = None if compiled_flops is None else compiled_flops / b
+  extra["flop_count_notes"] = count_notes
   return {"name": name, "row": row, "config": config, "exp": exp, "num_params": num_params,
           "run_jax": run_jax, "run_torch": run_torch, "jax_finite": jax_finite, "torch_finite": torch_finite,
-          "flops_per_image": None if flops is None else flops / b, "jax_compile_s": compile_s, "extra": extra}
+          "flops_per_image": None if flops is None else flops / b, "flops_source": source,
+          "jax_compile_s": compile_s, "extra": extra}
 
 
 def _time(fn: Callable[[int], None], n: int) -> float:
@@ -228,10 +286,14 @@ def _time(fn: Callable[[int], None], n: int) -> float:
   return time.perf_counter() - start
 
 
-def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_row(name: str, args: argparse.Namespace, dtype: str = "float32") -> dict[str, Any]:
   row = ROWS[name]
-  print(f"[{name}] building and compiling ({row.config}, batch {row.batch_size})...", file=sys.stderr, flush=True)
-  s = _setup_row(name, row)
+  if args.batch_size is not None:
+    row = dataclasses.replace(row, batch_size=args.batch_size)
+  label = f"{name} {dtype}"
+  print(f"[{label}] building and compiling ({row.config}, batch {row.batch_size}, {args.platform})...",
+        file=sys.stderr, flush=True)
+  s = _setup_row(name, row, platform=args.platform, dtype=dtype)
   b, n = row.batch_size, args.steps_per_round
   if args.warmup_steps:
     s["run_jax"](args.warmup_steps)
@@ -240,16 +302,21 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
   for r in range(args.rounds):
     jax_ips.append(n * b / _time(s["run_jax"], n))
     torch_ips.append(n * b / _time(s["run_torch"], n))
-    print(f"[{name}] round {r + 1}/{args.rounds}: JAX {jax_ips[-1]:.2f} img/s, torch {torch_ips[-1]:.2f} img/s",
+    print(f"[{label}] round {r + 1}/{args.rounds}: JAX {jax_ips[-1]:.2f} img/s, torch {torch_ips[-1]:.2f} img/s",
           file=sys.stderr, flush=True)
   jax_med, torch_med = statistics.median(jax_ips), statistics.median(torch_ips)
   fpi = s["flops_per_image"]
   gflops = lambda ips: None if fpi is None else fpi * ips / 1e9
+  peak, peak_source = (peak_tflops(jax.devices()[0].device_kind, dtype, args.peak_tflops)
+                        if args.platform == "gpu" else (None, "no MFU on CPUs"))
+  mfu = lambda ips: None if peak is None or fpi is None else fpi * ips / (peak * 1e12)
   return {
       "row": name,
       "kind": row.kind,
       "config": row.config,
       "batch_size": b,
+      "dtype": dtype,
+      "platform": args.platform,
       "num_params": s["num_params"],
       "jax_images_per_sec": jax_med,
       "torch_images_per_sec": torch_med,
@@ -257,9 +324,13 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
       "jax_images_per_sec_rounds": jax_ips,
       "torch_images_per_sec_rounds": torch_ips,
       "flops_per_image": fpi,
-      "flops_source": "compiled JAX HLO cost analysis",
+      "flops_source": s["flops_source"],
       "jax_gflops_per_sec": gflops(jax_med),
       "torch_gflops_per_sec": gflops(torch_med),
+      "peak_tflops": peak,
+      "peak_source": peak_source,
+      "jax_mfu": mfu(jax_med),
+      "torch_mfu": mfu(torch_med),
       "jax_compile_s": s["jax_compile_s"],
       "jax_finite": s["jax_finite"](),
       "torch_finite": s["torch_finite"](),
@@ -269,17 +340,42 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
+def _setup_gpu(notes: list[str]) -> dict[str, Any]:
+  """Both frameworks on the first CUDA device, on equal terms (see the module docstring)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if not torch.cuda.is_available():
+    raise SystemExit("--platform gpu: torch sees no CUDA device (torch.cuda.is_available() is False); "
+                     "install a CUDA build of torch or run --platform cpu.")
+  torch.backends.cudnn.benchmark = True  # XLA autotunes its convolutions; let cuDNN pick too
+  torch.backends.cudnn.allow_tf32 = True  # JAX's default float32 precision on GPU is TF32
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.manual_seed(0)
+  if jax.default_backend() != "gpu":
+    raise SystemExit(f"--platform gpu: JAX's backend is {jax.default_backend()!r}, not 'gpu' (install "
+                     f"jax[cuda12], or unset JAX_PLATFORMS).")
+  notes.append("float32 rows: TF32 on both sides (JAX's default precision; torch allow_tf32 for cuDNN and matmul)")
+  return {"torch_device": torch.cuda.get_device_name(0), "cudnn_benchmark": True, "allow_tf32": True,
+          "jax_default_matmul_precision": str(getattr(jax.config, "jax_default_matmul_precision", None)),
+          "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")}
+
+
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
   torch_reference.require_torch()  # before any work: exits with the install command
   import torch  # pylint: disable=g-import-not-at-top
   notes: list[str] = []
-  threads = _set_threads(args.threads or len(_available_cpus()), notes)
-  jax.config.update("jax_platforms", "cpu")  # both sides on the CPU (before the backend starts)
+  gpu = None
+  if args.platform == "cpu":
+    threads = _set_threads(args.threads or len(_available_cpus()), notes)
+    jax.config.update("jax_platforms", "cpu")  # both sides on the CPU (before the backend starts)
+  else:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # leave torch room in this process
+    threads = {"requested": None, "note": "GPU rows: host threads not pinned"}
+    gpu = _setup_gpu(notes)
   devices = jax.devices()[:1]
-  if jax.default_backend() != "cpu":
+  if args.platform == "cpu" and jax.default_backend() != "cpu":
     notes.append(f"JAX ran on {jax.default_backend()} (its backend had started before this script forced CPU)")
-  results = [run_row(name, args) for name in args.rows]
+  results = [run_row(name, args, dtype) for name in args.rows for dtype in args.dtypes]
 
   record = {
       "benchmark": "compare_torch",
@@ -287,21 +383,38 @@ def main(argv=None) -> dict[str, Any]:
       "rounds": args.rounds,
       "steps_per_round": args.steps_per_round,
       "warmup_steps": args.warmup_steps,
+      "platform": args.platform,
       "threads": threads,
+      "gpu": gpu,
       "torch": {"version": torch.__version__, "mkldnn": bool(torch.backends.mkldnn.is_available()),
-                "config": torch.__config__.parallel_info().splitlines()[:6]},
+                "cuda": torch.version.cuda, "config": torch.__config__.parallel_info().splitlines()[:6]},
       "env": common.environment(devices),
       "notes": notes,
   }
   fmt = lambda v, d=1, scale=1.0: "—" if v is None else f"{v / scale:,.{d}f}"
-  table = common.format_table(
-      ("row", "batch", "JAX img/s", "torch img/s", "JAX / torch", "GFLOP/img", "JAX GFLOP/s", "torch GFLOP/s"),
-      [(r["row"], r["batch_size"], fmt(r["jax_images_per_sec"], 2), fmt(r["torch_images_per_sec"], 2),
-        f"{r['ratio_jax_over_torch']:.2f}×", fmt(r["flops_per_image"], 2, 1e9),
-        fmt(r["jax_gflops_per_sec"]), fmt(r["torch_gflops_per_sec"])) for r in results])
+  pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+  headers = ["row", "dtype", "batch", "JAX img/s", "torch img/s", "JAX / torch", "GFLOP/img", "JAX GFLOP/s",
+             "torch GFLOP/s"]
+  if args.platform == "gpu":
+    headers += ["JAX MFU", "torch MFU"]
+  rows = []
+  for r in results:
+    cells = [r["row"], r["dtype"], r["batch_size"], fmt(r["jax_images_per_sec"], 2),
+             fmt(r["torch_images_per_sec"], 2), f"{r['ratio_jax_over_torch']:.2f}×",
+             fmt(r["flops_per_image"], 2, 1e9), fmt(r["jax_gflops_per_sec"]), fmt(r["torch_gflops_per_sec"])]
+    if args.platform == "gpu":
+      cells += [pct(r["jax_mfu"]), pct(r["torch_mfu"])]
+    rows.append(tuple(cells))
+  table = common.format_table(tuple(headers), rows)
+  if args.platform == "cpu":
+    where = (f"threads: torch {threads['torch_num_threads']}, JAX XLA pool on {threads['cpus_pinned']} CPU(s); "
+             f"torch {torch.__version__} eager NCHW")
+  else:
+    where = (f"{gpu['torch_device']}; torch {torch.__version__} eager NCHW, cudnn.benchmark, TF32 for float32; "
+             f"MFU against the dense tensor-core peak ({', '.join(sorted({str(r['peak_tflops']) for r in results}))}"
+             " TFLOP/s)")
   table += (f"\nmedian over {args.rounds} rounds of {args.steps_per_round} steps each, interleaved JAX/torch; "
-            f"threads: torch {threads['torch_num_threads']}, JAX XLA pool on {threads['cpus_pinned']} CPU(s); "
-            f"torch {torch.__version__} eager NCHW; GFLOP/s of both from the JAX program's FLOP count")
+            f"{where}; GFLOP/s of both from the JAX program's FLOP count")
   common.emit(record, table, args.out)
   return record
 

@@ -13,10 +13,15 @@ the channel count changes), single-head self-attention (C^-1/2 logits, 1×1 q/k/
 block whose feature-map height is in `attn_resolutions`; downsampling by a 3×3 stride-2 conv with
 TensorFlow "SAME" padding (0 before, 1 after on even sizes, `layers.tf_same_padding`); the middle res /
 attention / res; the up path with skip concatenations and num_res_blocks + 1 blocks per level, nearest ×2
-upsampling + conv; GroupNorm → swish → conv3×3 out. Initialisation mirrors `layers.default_init`
+upsampling + conv; GroupNorm → swish → conv3×3 out, times `model.output_scale`, plus x_t on the mean
+channels when `model.output_residual` is 'identity' (or g·x_t, g learned, for 'learned'): the main-job
+net's x_t + 0.01·conv_out(h). Initialisation mirrors `layers.default_init`
 (variance-scaling fan_avg uniform, 1e-10 for the zero-initialised convs); weights do not change the cost.
 Not reproduced (refused with an error): class conditioning, multi-head attention, scale-shift norm,
-non-float32 compute, pooling resamplers.
+pooling resamplers. The torch net is always built in float32; bfloat16 compute is `dtype="bfloat16"` on
+the trainer/sampler (torch.autocast), the counterpart of `config.model.dtype="bfloat16"` on the JAX side.
+Devices: the net, images and steps run wherever `model.to(device)` puts them (CPU by default; CUDA for the
+GPU rows of compare_torch.py).
 
 Implementation choices (measured on the 2-core development CPU, torch 2.14, main-job net, batch 32):
   * Memory layout: NCHW (torch's default). channels_last was ~11% slower for the train step (0.63 vs
@@ -36,7 +41,8 @@ Implementation choices (measured on the 2-core development CPU, torch 2.14, main
   * Eager mode (no torch.compile); `torch.set_num_threads(threads)` sets the intra-op pool.
 
 `load_flax_params` copies a Flax parameter tree into the torch net (compare_torch.py starts both sides from
-the same weights); with the same weights the outputs agree to ~3e-5 (`max_output_difference`).
+the same weights); with the same weights the outputs agree to float32 rounding (`max_output_difference`:
+1.2e-7 for the main-job net, whose output is x_t + 0.01·conv_out; the CIFAR-10 net's is printed too).
 
   python benchmarks/torch_reference.py  # self-check: both parameter counts, 2 tiny steps each, output equality
 
@@ -200,9 +206,17 @@ class UNet(_Module):
   """The DDPM U-Net of `ddpm_jax.models.unet.UNet` (default options) on NCHW tensors: forward(x, t) → output."""
 
   def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-               attn_resolutions: Sequence[int], dropout: float, in_ch: int, resolution: int):
+               attn_resolutions: Sequence[int], dropout: float, in_ch: int, resolution: int,
+               output_scale: float = 1.0, output_residual: str = "none"):
     super().__init__()
     self.ch, self.num_res_blocks = ch, num_res_blocks
+    if output_residual not in ("none", "identity", "learned"):
+      raise ValueError(f"output_residual={output_residual!r} is invalid: expected 'none', 'identity' or 'learned'.")
+    if output_residual != "none" and out_ch < in_ch:
+      raise ValueError(f"output_residual={output_residual!r} needs out_ch >= in_ch, got {out_ch} < {in_ch}.")
+    # out = s·conv_out(h), plus x_t (or g·x_t, g learned per channel) on the first in_ch channels.
+    self.output_scale, self.output_residual = float(output_scale), output_residual
+    self.residual_gain = torch.nn.Parameter(torch.ones(in_ch)) if output_residual == "learned" else None
     temb_ch = 4 * ch
     self.temb_dense0 = _dense(ch, temb_ch)
     self.temb_dense1 = _dense(temb_ch, temb_ch)
@@ -284,7 +298,14 @@ class UNet(_Module):
         if str(i) in self.up_attn:
           h = self.up_attn[str(i)](h)
     assert not hs, "every skip connection must be consumed"
-    return self.conv_out(F.silu(self.norm_out(h)))
+    out = self.conv_out(F.silu(self.norm_out(h))).float()
+    if self.output_scale != 1.0:
+      out = out * self.output_scale
+    if self.output_residual != "none":
+      c = x.shape[1]
+      skip = x.float() if self.residual_gain is None else x.float() * self.residual_gain.view(1, c, 1, 1)
+      out = torch.cat([out[:, :c] + skip, out[:, c:]], dim=1)
+    return out
 
 
 def _copy_leaf(module, leaf: dict) -> int:
@@ -325,6 +346,10 @@ def load_flax_params(model: "UNet", params: Any) -> None:
       if child_name == "dropout" or child is None:
         continue
       copied += _copy_leaf(child, node[child_name])
+  if model.residual_gain is not None:
+    with torch.no_grad():
+      model.residual_gain.copy_(torch.from_numpy(np.array(params["residual_gain"], np.float32)))
+    copied += model.residual_gain.numel()
   if copied != count_params(model):
     raise AssertionError(f"copied {copied:,} of {count_params(model):,} parameters from the Flax tree.")
 
@@ -354,7 +379,7 @@ def build_model(config: ml_collections.ConfigDict, image_shape: Sequence[int], *
     expected_params: the Flax model's parameter count, if already known; else computed with `jax.eval_shape`.
 
   Returns:
-    The torch module (train mode, float32, on the CPU).
+    The torch module (train mode, float32 parameters, on the CPU: move it with `.to(device)`).
   """
   require_torch()
   from ddpm_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top  (imports jax)
@@ -367,15 +392,17 @@ def build_model(config: ml_collections.ConfigDict, image_shape: Sequence[int], *
     if getattr(flax_model, field) != supported:
       raise NotImplementedError(f"config.model.{field}={getattr(flax_model, field)!r} is not supported by the "
                                 f"torch reference (only {supported!r}).")
-  if np.dtype(flax_model.dtype) != np.float32:
+  if np.dtype(flax_model.dtype).name not in AUTOCAST_DTYPES:
     raise NotImplementedError(f"config.model.dtype={config.model.dtype!r} is not supported by the torch "
-                              "reference (float32 only).")
+                              f"reference (one of {AUTOCAST_DTYPES}; the torch net keeps float32 parameters "
+                              "either way and bfloat16 compute is the trainer's/sampler's dtype=).")
   h, w, c = image_shape
   if h != w:
     raise NotImplementedError(f"image_shape={tuple(image_shape)}: the torch reference handles square images only.")
   model = UNet(ch=flax_model.ch, out_ch=flax_model.out_ch, ch_mult=tuple(flax_model.ch_mult),
                num_res_blocks=flax_model.num_res_blocks, attn_resolutions=tuple(flax_model.attn_resolutions),
-               dropout=float(flax_model.dropout), in_ch=c, resolution=h)
+               dropout=float(flax_model.dropout), in_ch=c, resolution=h,
+               output_scale=float(flax_model.output_scale), output_residual=flax_model.output_residual)
   expected = flax_param_count(flax_model, image_shape) if expected_params is None else int(expected_params)
   got = count_params(model)
   if got != expected:
@@ -385,10 +412,29 @@ def build_model(config: ml_collections.ConfigDict, image_shape: Sequence[int], *
   return model
 
 
-def to_torch_images(images: np.ndarray, layout: str = "nchw"):
-  """NHWC host images → an NCHW float32 torch tensor in the given memory layout."""
+def to_torch_images(images: np.ndarray, layout: str = "nchw", device: str = "cpu"):
+  """NHWC host images → an NCHW float32 torch tensor on `device` in the given memory layout."""
   x = torch.from_numpy(np.array(np.asarray(images, np.float32).transpose(0, 3, 1, 2), order="C", copy=True))
+  x = x.to(device)
   return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x.contiguous()
+
+
+AUTOCAST_DTYPES = ("float32", "bfloat16")
+
+
+def _autocast(device, dtype: str):
+  """The forward's compute-dtype context: float32 as is, or torch.autocast to bfloat16.
+
+  autocast runs convolutions and matrix products in bfloat16 and keeps GroupNorm, softmax and the loss in
+  float32, with float32 parameters: the same split as the Flax model at `config.model.dtype="bfloat16"`
+  (layers.py: parameters float32, group norm and attention softmax in float32).
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  if dtype not in AUTOCAST_DTYPES:
+    raise ValueError(f"dtype={dtype!r} is invalid: expected one of {AUTOCAST_DTYPES}.")
+  if dtype == "float32":
+    return contextlib.nullcontext()
+  return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -407,11 +453,14 @@ def _make_adam(params, *, lr: float, betas: tuple[float, float], eps: float):
 class TorchTrainer:
   """One training step: random t, q_sample, forward, MSE against a random target, backward, clip, Adam, EMA."""
 
-  def __init__(self, model, config: ml_collections.ConfigDict, *, layout: str = "nchw"):
+  def __init__(self, model, config: ml_collections.ConfigDict, *, layout: str = "nchw",
+               dtype: str = "float32"):
     require_torch()
     from ddpm_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
     o = config.optim
-    self.model, self.layout = model.train(), layout
+    self.model, self.layout, self.dtype = model.train(), layout, dtype
+    self.device = next(model.parameters()).device
+    _autocast(self.device, dtype)  # validates dtype
     self.params = [p for p in model.parameters() if p.requires_grad]
     self.ema_params = [p.detach().clone() for p in self.params]
     self.ema_decay = float(o.ema_decay)
@@ -420,16 +469,19 @@ class TorchTrainer:
                                                 betas=(float(o.beta1), float(o.beta2)), eps=float(o.eps))
     diffusion = experiment_lib.create_diffusion(config)
     self.num_timesteps = int(config.diffusion.num_timesteps)
-    self.sqrt_ac = torch.tensor(diffusion.sqrt_alphas_cumprod, dtype=torch.float32)
-    self.sqrt_1m_ac = torch.tensor(diffusion.sqrt_one_minus_alphas_cumprod, dtype=torch.float32)
+    self.sqrt_ac = torch.tensor(diffusion.sqrt_alphas_cumprod, dtype=torch.float32, device=self.device)
+    self.sqrt_1m_ac = torch.tensor(diffusion.sqrt_one_minus_alphas_cumprod, dtype=torch.float32,
+                                   device=self.device)
 
   def step(self, x0, target):
     """One optimizer step on the batch x0 [B, C, H, W]; returns the (detached) loss."""
     b = x0.shape[0]
-    t = torch.randint(0, self.num_timesteps, (b,))
+    t = torch.randint(0, self.num_timesteps, (b,), device=self.device)
     noise = torch.randn_like(x0)
     x_t = self.sqrt_ac[t].view(b, 1, 1, 1) * x0 + self.sqrt_1m_ac[t].view(b, 1, 1, 1) * noise
-    loss = F.mse_loss(self.model(x_t, t), target)
+    with _autocast(self.device, self.dtype):
+      out = self.model(x_t, t)
+    loss = F.mse_loss(out.float(), target)
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if self.grad_clip is not None:
@@ -443,14 +495,16 @@ class TorchTrainer:
 class TorchSampler:
   """One network evaluation as in a sampling step: eval mode, under torch.no_grad()."""
 
-  def __init__(self, model, config: ml_collections.ConfigDict):
+  def __init__(self, model, config: ml_collections.ConfigDict, *, dtype: str = "float32"):
     require_torch()
-    self.model = model.eval()
+    self.model, self.dtype = model.eval(), dtype
+    self.device = next(model.parameters()).device
+    _autocast(self.device, dtype)  # validates dtype
     self.num_timesteps = int(config.diffusion.num_timesteps)
 
   def step(self, x):
-    t = torch.randint(0, self.num_timesteps, (x.shape[0],))
-    with torch.no_grad():
+    t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device)
+    with torch.no_grad(), _autocast(self.device, self.dtype):
       return self.model(x, t)
 
 
@@ -516,14 +570,26 @@ def main(argv=None) -> None:
     losses = [float(trainer.step(x, target)) for _ in range(2)]
     out = TorchSampler(model, config).step(x)
     assert out.shape == target.shape and all(math.isfinite(v) for v in losses)
+    # bfloat16 compute (autocast) on the same weights and noise: close to float32, not equal.
+    torch.manual_seed(1)
+    out32 = TorchSampler(model, config).step(x)
+    torch.manual_seed(1)
+    out16 = TorchSampler(model, config, dtype="bfloat16").step(x)
+    rel = float((out16.float() - out32).abs().max() / out32.abs().max().clamp_min(1e-12))
+    assert out16.dtype == torch.float32 and 0 < rel < 0.1, rel  # float32 out, as the Flax model's
+    bf16_loss = float(TorchTrainer(model, config, layout=args.layout, dtype="bfloat16").step(x, target))
+    assert math.isfinite(bf16_loss)
     print(f"{path}: {count_params(model):,} parameters (= Flax), 2 train steps at batch 2 "
-          f"(loss {losses[-1]:.4f}, Adam {trainer.adam_impl}), forward {tuple(out.shape)}: ok")
-  # Same weights, same inputs, same outputs (the main-job net; the CIFAR-10 net shares every code path).
-  config = _load_config("configs/mnist_mu.py")
-  diff, scale = max_output_difference(config, common.image_shape(config))
-  print(f"configs/mnist_mu.py with the Flax weights: max |torch - flax| = {diff:.2e} (outputs up to {scale:.2f})")
-  if not diff <= 1e-4 * max(scale, 1.0):
-    raise AssertionError(f"torch and Flax outputs differ by {diff:.2e}.")
+          f"(loss {losses[-1]:.4f}, Adam {trainer.adam_impl}), forward {tuple(out.shape)}; bfloat16 autocast "
+          f"forward within {rel:.1e} of float32, a bfloat16 train step: ok")
+  # Same weights, same inputs, same outputs: both nets (the main-job one adds x_t to 0.01·conv_out, which
+  # would hide a difference inside the network; the CIFAR-10 one returns conv_out as it is).
+  for path in KNOWN_PARAM_COUNTS:
+    config = _load_config(path)
+    diff, scale = max_output_difference(config, common.image_shape(config))
+    print(f"{path} with the Flax weights: max |torch - flax| = {diff:.2e} (outputs up to {scale:.2f})")
+    if not diff <= 1e-4 * max(scale, 1.0):
+      raise AssertionError(f"{path}: torch and Flax outputs differ by {diff:.2e}.")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,11 @@ def test_train_throughput_record(tmp_path, capsys):
               "achieved_flops_per_sec"):
     assert _is_pos(record[key]) or (key == "step_time_std_s" and record[key] == 0.0), (key, record[key])
   assert record["batch_size"] == 2 and record["timed_steps"] == 2 and record["warmup_steps"] == 1
-  assert record["flops_source"] == "compiled" and record["loss_finite"] is True
+  assert _is_pos(record["flops_per_image_matmul"])
+  assert record["flops_source"] == "matmul" and record["flops_per_image"] == record["flops_per_image_matmul"]
+  # XLA's CPU count adds the elementwise work to the same convolutions: a little more, never less.
+  assert 1.0 <= record["flops_per_image_compiled"] / record["flops_per_image_matmul"] < 1.2
+  assert record["loss_finite"] is True
   # CPU: no peak FLOP/s is known, so no MFU, and memory is the host's RSS.
   assert record["mfu"] is None and record["peak_flops_per_sec"] is None
   assert record["peak_memory_kind"].startswith("host RSS")
@@ -108,6 +112,82 @@ def test_peak_flops_table(kind, dtype, entry, peak):
   assert value == (pytest.approx(peak) if peak else None) and isinstance(basis, str)
 
 
+def _conv(x, w, stride, padding, lhs_dilation=1, rhs_dilation=1, groups=1):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, lhs_dilation=(lhs_dilation,) * 2,
+                                      rhs_dilation=(rhs_dilation,) * 2, feature_group_count=groups,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _taps_1d(n_in, kernel, stride, pad_lo, pad_hi, lhs_dil=1, rhs_dil=1):
+  """Brute force: (output, tap) pairs of one spatial dim that read a real input element."""
+  padded = [None] * pad_lo + sum(([i] + [None] * (lhs_dil - 1) for i in range(n_in)), [])[:(n_in - 1) * lhs_dil + 1]
+  padded += [None] * pad_hi
+  span = (kernel - 1) * rhs_dil + 1
+  return sum(padded[o + k * rhs_dil] is not None for o in range(0, len(padded) - span + 1, stride)
+             for k in range(kernel))
+
+
+@pytest.mark.parametrize("stride, pads, lhs_dil, rhs_dil, groups", [
+    (1, (0, 0), 1, 1, 1),  # VALID: 2·N·Ho·Wo·Cout·Cin·K²
+    (1, (1, 1), 1, 1, 1),  # SAME: border taps on padding are not work
+    (2, (0, 1), 1, 1, 1),  # the U-Net's downsampling (TF SAME on even sizes)
+    (1, (1, 1), 2, 1, 1),  # a strided conv's input gradient (lhs dilation)
+    (1, (2, 2), 1, 2, 1),  # atrous
+    (1, (1, 1), 1, 1, 2),  # grouped
+])
+def test_matmul_flops_counts_each_convolution_tap_on_real_input(stride, pads, lhs_dil, rhs_dil, groups):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n, h, cin, cout, k = 2, 9, 4, 6, 3
+  x, w = jnp.ones((n, h, h, cin)), jnp.ones((k, k, cin // groups, cout))
+  fn = lambda x, w: _conv(x, w, stride, (pads, pads), lhs_dil, rhs_dil, groups)
+  got, notes = common.matmul_flops(fn, x, w)
+  taps = _taps_1d(h, k, stride, *pads, lhs_dil, rhs_dil)
+  assert got == 2 * n * cout * (cin // groups) * taps ** 2 and notes == []
+  # The same count from XLA running the convolution: with all-ones operands each output element is the
+  # number of multiply-adds that produced it, so the outputs sum to the real multiply-adds.
+  assert float(jnp.sum(fn(x, w))) == pytest.approx(got / 2)
+
+
+def test_matmul_flops_of_a_gradient_is_three_forwards_and_follows_scan_and_cond():
+  """Each forward multiply-add has one partner in dx and one in dw: fwd + bwd = 3 × fwd, any stride."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
+  for stride, pads in ((1, ((1, 1), (1, 1))), (2, ((0, 1), (0, 1)))):
+    fwd = lambda x, w: _conv(x, w, stride, pads)
+    f1, _ = common.matmul_flops(fwd, x, w)
+    f3, _ = common.matmul_flops(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), argnums=(0, 1)), x, w)
+    assert f3 == 3 * f1
+  a, b = jnp.ones((5, 6, 7)), jnp.ones((5, 7, 3))
+  assert common.matmul_flops(lambda a, b: jnp.einsum("bij,bjk->bik", a, b), a, b)[0] == 2 * 5 * 6 * 7 * 3
+  m = jnp.ones((7, 7))
+  scan = lambda c: jax.lax.scan(lambda c, _: (c @ m, None), c, None, length=4)[0]
+  assert common.matmul_flops(scan, a[0])[0] == 4 * 2 * 6 * 7 * 7
+  cond = lambda p, c: jax.lax.cond(p, lambda c: (c @ m) @ m, lambda c: c @ m, c)
+  assert common.matmul_flops(cond, True, a[0])[0] == 2 * (2 * 6 * 7 * 7)  # the dearer branch
+  loop = lambda c, n: jax.lax.while_loop(lambda s: s[1] < n, lambda s: (s[0] @ m, s[1] + 1), (c, 0))[0]
+  flops, notes = common.matmul_flops(loop, a[0], 3)  # trip count unknown when traced: counted once, and said
+  assert flops == 2 * 6 * 7 * 7 and len(notes) == 1 and "while loop" in notes[0]
+
+
+def test_matmul_flops_of_the_main_job_step_matches_xla_on_cpu():
+  """The jaxpr count of the real train step against XLA's CPU cost analysis of the same program, which
+  counts the same convolutions and products plus the elementwise work (≈ 1% here)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+  args = argparse.Namespace(config=os.path.join(common.CONFIGS_DIR, "mnist_mu.py"), preset=None, dtype=None,
+                            image_size=None, overrides=[])
+  config, _ = common.build_config(args, **{"train.batch_size": 2, "train.steps_per_call": 1})
+  exp = common.build_experiment(config, num_devices=1)
+  state = train.create_train_state(exp)
+  batches = common.synthetic_batch(exp, 2, leading=(1,), seed=0)
+  step = train.compile_train_step(exp, state)
+  ours, notes = common.matmul_flops(step, state, batches)
+  xla = common.cost_flops(common.safe_cost_analysis(step.lower(state, batches)))
+  assert notes == [] and 0.95 * xla <= ours <= xla
+
+
 def test_cost_flops_reads_dict_and_list_forms():
   assert common.cost_flops({"flops": 10.0, "bytes accessed": 3.0}) == 10.0
   assert common.cost_flops([{"flops": 4.0}, {"flops": 6.0}]) == 10.0  # older jax: a list per module
@@ -144,6 +224,20 @@ def test_ablation_rejects_unknown_rows(capsys):
   with pytest.raises(SystemExit):
     ablation.parse_args(["--out", "/tmp/x", "--rows", "mu_vlb_fixed,nope"])
   assert "unknown row(s) ['nope']" in capsys.readouterr().err
+  args = compare_torch.parse_args(["--platform", "gpu", "--dtypes", "float32,bfloat16", "--batch_size", "128"])
+  assert (args.platform, args.dtypes, args.batch_size) == ("gpu", ["float32", "bfloat16"], 128)
+  assert compare_torch.parse_args([]).dtypes == ["float32"] and compare_torch.parse_args([]).platform == "cpu"
+  for bad, message in ((["--dtypes", "float16"], "--dtypes='float16' is invalid"),
+                       (["--batch_size", "0"], "--batch_size=0 is invalid"),
+                       (["--peak_tflops", "-1"], "--peak_tflops=-1.0 is invalid")):
+    with pytest.raises(SystemExit):
+      compare_torch.parse_args(bad)
+    assert message in capsys.readouterr().err
+  # MFU denominators: the project's dense peak table (float32 → TF32 on NVIDIA), none on a CPU.
+  assert compare_torch.peak_tflops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4)
+  assert compare_torch.peak_tflops("NVIDIA H200", "float32")[0] == pytest.approx(494.7)
+  assert compare_torch.peak_tflops("cpu", "float32")[0] is None
+  assert compare_torch.peak_tflops("cpu", "float32", 100.0) == (100.0, "--peak_tflops")
 
 
 def test_mu_study_runs_a_strict_mu_row_and_writes_its_table(data_root, tmp_path):
@@ -179,6 +273,20 @@ def test_torch_comparison_imports_without_torch_and_asks_for_it(monkeypatch, cap
   with pytest.raises(SystemExit):
     compare_torch.parse_args(["--rows", "train_mnist,nope"])
   assert "unknown row(s) ['nope']" in capsys.readouterr().err
+  args = compare_torch.parse_args(["--platform", "gpu", "--dtypes", "float32,bfloat16", "--batch_size", "128"])
+  assert (args.platform, args.dtypes, args.batch_size) == ("gpu", ["float32", "bfloat16"], 128)
+  assert compare_torch.parse_args([]).dtypes == ["float32"] and compare_torch.parse_args([]).platform == "cpu"
+  for bad, message in ((["--dtypes", "float16"], "--dtypes='float16' is invalid"),
+                       (["--batch_size", "0"], "--batch_size=0 is invalid"),
+                       (["--peak_tflops", "-1"], "--peak_tflops=-1.0 is invalid")):
+    with pytest.raises(SystemExit):
+      compare_torch.parse_args(bad)
+    assert message in capsys.readouterr().err
+  # MFU denominators: the project's dense peak table (float32 → TF32 on NVIDIA), none on a CPU.
+  assert compare_torch.peak_tflops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4)
+  assert compare_torch.peak_tflops("NVIDIA H200", "float32")[0] == pytest.approx(494.7)
+  assert compare_torch.peak_tflops("cpu", "float32")[0] is None
+  assert compare_torch.peak_tflops("cpu", "float32", 100.0) == (100.0, "--peak_tflops")
   assert torch_reference.KNOWN_PARAM_COUNTS == {"configs/mnist_mu.py": 1_112_801,
                                                 "configs/cifar10_mu_vlb_fixed.py": 35_746_307}
   monkeypatch.setattr(torch_reference, "torch", None)
