@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from ddpm_jax import experiment as experiment_lib
+from ddpm_jax import hugepages
 from ddpm_jax import sharding
 from ddpm_jax.data import pipeline as data_pipeline
 
@@ -247,6 +248,7 @@ def environment(devices: Sequence[Any]) -> dict[str, Any]:
       "host_cpu_count": os.cpu_count(),
       "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
       "git_commit": _git_commit(),
+      "host_memory": hugepages.status(),  # glibc tunables and THP mode (the scripts re-execute onto huge pages)
   }
 
 

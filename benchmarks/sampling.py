@@ -19,6 +19,9 @@ import time
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ddpm_jax` importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # measure what the CLI runs: the heap on transparent huge pages (ddpm_jax/hugepages.py)
+  from ddpm_jax import hugepages  # noqa: E402  pylint: disable=g-import-not-at-top
+  hugepages.reexec_with_huge_pages()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -23,6 +23,10 @@ import re
 import sys
 import traceback
 
+if __name__ == "__main__":  # `python -m ddpm_jax.main`: re-execute onto huge pages before the imports (run())
+  from ddpm_jax import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.reexec_with_huge_pages()
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -283,7 +287,14 @@ def _main_reporting_errors(argv):
 
 
 def run(argv=None):
-  """Console-script and `python -m ddpm_jax.main` entry point (`ddpm-jax`)."""
+  """Console-script and `python -m ddpm_jax.main` entry point (`ddpm-jax`).
+
+  Called with no argv (a real process), it first re-executes the process once with the host heap on
+  transparent huge pages where that helps (`ddpm_jax.hugepages`; DDPM_JAX_HUGE_PAGES=0 turns it off).
+  """
+  if argv is None:
+    from ddpm_jax import hugepages  # pylint: disable=g-import-not-at-top
+    hugepages.reexec_with_huge_pages()
   argv = list(sys.argv if argv is None else argv)
   try:
     argv = configs.resolve_argv(argv)

@@ -27,7 +27,7 @@ TINY = ["--image_size", "8", "--num_devices", "1",
         "--set", "diffusion.num_timesteps=10"]
 
 ENV_KEYS = {"date", "python", "jax", "jaxlib", "flax", "backend", "device_kind", "devices_used", "device_count",
-            "process_count", "host_cpu", "host_cpu_count", "git_commit"}
+            "process_count", "host_cpu", "host_cpu_count", "git_commit", "host_memory"}
 
 
 def _is_pos(x):
@@ -37,6 +37,7 @@ def _is_pos(x):
 def _check_common(record, out_path, name):
   assert record["benchmark"] == name
   assert ENV_KEYS <= set(record["env"]) and record["env"]["devices_used"] == 1
+  assert set(record["env"]["host_memory"]) == {"glibc_tunables", "thp_mode", "reexecuted"}
   assert record["config"]["image_shape"] == [8, 8, 3] and record["config"]["diffusion"]["num_timesteps"] == 10
   assert isinstance(record["config"]["num_params"], int) and record["config"]["num_params"] > 0
   assert isinstance(record["peak_memory_bytes"], int) and record["peak_memory_bytes"] > 0
