@@ -421,16 +421,27 @@ def _dot_flops(eqn) -> float:
 
 
 def _sub_jaxprs(value: Any) -> list:
-  core = jax.extend.core if hasattr(jax, "extend") and hasattr(jax.extend, "core") else None
-  closed_type = getattr(core, "ClosedJaxpr", ()) if core else ()
-  jaxpr_type = getattr(core, "Jaxpr", ()) if core else ()
-  if closed_type and isinstance(value, closed_type):
-    return [value.jaxpr]
-  if jaxpr_type and isinstance(value, jaxpr_type):
+  """The jaxprs inside an equation parameter (a Jaxpr, a ClosedJaxpr, or a tuple/list of them).
+
+  Recognised by shape (a Jaxpr has `eqns`; a ClosedJaxpr has a `jaxpr` with `eqns`), not by class, so the
+  count does not depend on which `jax.extend` modules happen to be imported.
+  """
+  if hasattr(value, "eqns"):
     return [value]
+  inner = getattr(value, "jaxpr", None)
+  if inner is not None and hasattr(inner, "eqns"):
+    return [inner]
   if isinstance(value, (tuple, list)):
     return [j for v in value for j in _sub_jaxprs(v)]
   return []
+
+
+# Primitives whose bodies the count cannot scale correctly: per-shard bodies (counted at one shard's
+# shapes), solvers whose several jaxprs do not all run, and kernels whose grid the jaxpr does not show.
+_UNSCALED = {"shard_map": "a shard_map body was counted at one shard's shapes (× the mesh size is missing)",
+             "xla_pmap": "a pmap body was counted at one device's shapes (× the devices is missing)",
+             "custom_linear_solve": "a custom_linear_solve's jaxprs were all counted (not all of them run)",
+             "pallas_call": "a pallas_call kernel was counted once, not once per grid point"}
 
 
 def _jaxpr_matmul_flops(jaxpr, notes: set[str]) -> float:
@@ -449,6 +460,8 @@ def _jaxpr_matmul_flops(jaxpr, notes: set[str]) -> float:
       inner *= eqn.params["length"]
     elif name == "while" and inner:
       notes.add("a while loop's body was counted once (its trip count is not static)")
+    elif name in _UNSCALED and inner:
+      notes.add(_UNSCALED[name])
     total += inner
   return total
 
@@ -459,18 +472,23 @@ def matmul_flops(fn: Any, *args: Any) -> tuple[float, list[str]]:
   Platform-independent (it reads the program JAX traces, before any backend sees it), so the same count
   serves CPU and GPU rows; XLA's own cost analysis cannot on GPU, where the compiled program hands its
   convolutions to cuDNN as custom calls that it does not count (jax 0.11.2 on an H200, 2026-12-04: 0.095
-  of 1.07 GFLOP per image of the main-job train step) and the lowered program's analysis returned nothing.
+  of 1.06 GFLOP per image of the main-job train step) and the lowered program's analysis returned nothing.
   Counted: every `conv_general_dilated` as 2 × output elements × input features per group × the kernel
   taps that fall on real input elements (padding and lhs-dilation holes are not work; XLA's cost analysis
   counts the same way), every `dot_general` as 2 × batch × contracted × free sizes, inside nested jaxprs
-  (jit, custom derivatives, remat), scan bodies × their length, the dearest branch of a cond. Elementwise
-  ops, reductions and the optimizer are not counted (they are not what MFU measures).
+  (jit, custom derivatives, remat — whose recomputation is counted too), scan bodies × their length, the
+  dearest branch of a cond. Elementwise ops, reductions and the optimizer are not counted (they are not
+  what MFU measures). Counted but not scaled, with a note: while bodies (once), shard_map / pmap bodies (at
+  one shard's shapes), custom_linear_solve (all its jaxprs), pallas_call (once).
 
   Returns (FLOPs, notes on anything that could not be counted exactly).
   """
   notes: set[str] = set()
   closed = jax.make_jaxpr(fn)(*args)
-  return _jaxpr_matmul_flops(closed.jaxpr, notes), sorted(notes)
+  flops = _jaxpr_matmul_flops(closed.jaxpr, notes)
+  if flops <= 0:
+    notes.add("no convolution or matrix product was found: no FLOP count")
+  return flops, sorted(notes)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -274,6 +274,7 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
   compile_s = time.perf_counter() - t0
   compiled_flops = common.cost_flops(common.safe_cost_analysis(compiled))
   flops, count_notes = common.matmul_flops(*jit_call)
+  flops = flops if flops > 0 else None
   source = "convolutions and matrix products of the JAX jaxpr (common.matmul_flops)"
   extra["compiled_flops_per_image"] = None if compiled_flops is None else compiled_flops / b
   extra["flop_count_notes"] = count_notes

@@ -19,7 +19,14 @@ anything else has run. It does nothing — and the process carries on as it is �
   * the C library is not glibc ≥ 2.35 (the first with the tunable), or the OS is not Linux;
   * the kernel's THP mode (/sys/kernel/mm/transparent_hugepage/enabled) is `never` (nothing to gain) or
     `always` (every anonymous mapping already gets huge pages), or cannot be read;
-  * `sys.orig_argv` is unavailable (an embedded interpreter: the command line cannot be repeated).
+  * `sys.orig_argv` is unavailable (an embedded interpreter: the command line cannot be repeated), or
+    repeating it would not rerun the caller (a driver that ran the script through runpy, a REPL, IPython
+    or Jupyter);
+  * the exec itself fails (then the process carries on).
+
+The kernel's THP `defrag` setting is recorded by `status()` but not acted on: with `madvise` (the
+development VM's), a fault in a huge-page region may wait for the kernel to compact memory on a
+fragmented host; `DDPM_JAX_HUGE_PAGES=0` is the way out if that ever shows.
 
 Library use (`import ddpm_jax`) never re-executes anything.
 """
@@ -33,7 +40,28 @@ TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "DDPM_JAX_HUGE_PAGES"  # "0": never re-execute
 _MARK = "DDPM_JAX_HUGE_PAGES_REEXECUTED"
 THP_ENABLED_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_DEFRAG_PATH = "/sys/kernel/mm/transparent_hugepage/defrag"
 MIN_GLIBC = (2, 35)
+
+# The re-executed process takes the mark out of its environment (children it starts did not re-execute;
+# they inherit GLIBC_TUNABLES, which alone prevents a second exec) and remembers it here.
+REEXECUTED = bool(os.environ.pop(_MARK, None))
+
+
+def _is_entry_program(argv: list, orig_argv: list) -> bool:
+  """True when re-running `orig_argv` re-runs the program that is calling: a script (`python x.py`), a
+  module (`python -m pkg.mod`), a console script, or `python -c`; False under a driver that set sys.argv
+  itself (runpy from other code) and in interactive sessions (a REPL, IPython, Jupyter)."""
+  if hasattr(sys, "ps1") or sys.flags.interactive or "IPython" in sys.modules or not argv:
+    return False
+  program = argv[0]
+  if program == "-c":
+    return "-c" in orig_argv
+  if "-m" in orig_argv[:-1]:
+    module = orig_argv[orig_argv.index("-m") + 1]
+    tail = module.replace(".", os.sep)
+    return program.endswith(tail + ".py") or program.endswith(os.path.join(tail, "__main__.py"))
+  return any(os.path.abspath(a) == os.path.abspath(program) for a in orig_argv[1:] if not a.startswith("-"))
 
 
 def thp_mode(path: str = THP_ENABLED_PATH) -> str | None:
@@ -61,14 +89,15 @@ def glibc_version() -> tuple[int, int] | None:
 
 
 def reexec_reason(environ: dict | None = None, *, mode: str | None = None, glibc: tuple[int, int] | None = None,
-                  platform: str | None = None, orig_argv: list | None = None) -> str | None:
+                  platform: str | None = None, orig_argv: list | None = None, argv: list | None = None,
+                  reexecuted: bool | None = None) -> str | None:
   """Why the process should NOT re-execute (a sentence), or None when it should. Arguments default to this
   process's own (they are parameters so that each condition can be tested)."""
   environ = os.environ if environ is None else environ
   platform = sys.platform if platform is None else platform
   if environ.get(OPT_OUT, "1") == "0":
     return f"{OPT_OUT}=0"
-  if environ.get(_MARK):
+  if (REEXECUTED if reexecuted is None else reexecuted) or environ.get(_MARK):
     return "already re-executed"
   if "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", ""):
     return "GLIBC_TUNABLES already sets glibc.malloc.hugetlb"
@@ -83,6 +112,9 @@ def reexec_reason(environ: dict | None = None, *, mode: str | None = None, glibc
   orig_argv = getattr(sys, "orig_argv", None) if orig_argv is None else orig_argv
   if not orig_argv:
     return "sys.orig_argv is unavailable"
+  argv = sys.argv if argv is None else argv
+  if not _is_entry_program(list(argv), list(orig_argv)):
+    return "not the process's own program (a driver, or an interactive session): its command line would not rerun it"
   return None
 
 
@@ -101,12 +133,19 @@ def reexec_with_huge_pages() -> None:
   """
   if reexec_reason() is not None:
     return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], reexec_environment())
+  for stream in (sys.stdout, sys.stderr):
+    if stream is not None:
+      try:
+        stream.flush()
+      except (OSError, ValueError):  # a closed or broken stream: nothing to lose
+        pass
+  try:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], reexec_environment())
+  except OSError:  # the interpreter cannot be executed again (a sandbox, a deleted venv): carry on as is
+    return
 
 
 def status() -> dict:
   """What the environment record of a benchmark notes about it."""
   return {"glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "thp_mode": thp_mode(),
-          "reexecuted": bool(os.environ.get(_MARK))}
+          "thp_defrag": thp_mode(THP_DEFRAG_PATH), "reexecuted": REEXECUTED}
