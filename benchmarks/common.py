@@ -483,9 +483,14 @@ def matmul_flops(fn: Any, *args: Any) -> tuple[float, list[str]]:
 
   Returns (FLOPs, notes on anything that could not be counted exactly).
   """
+  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args))
+
+
+def jaxpr_matmul_flops(closed_jaxpr: Any) -> tuple[float, list[str]]:
+  """`matmul_flops` of an already traced program (a ClosedJaxpr, e.g. `jitted.trace(*args).jaxpr`), so a
+  script that lowers the same trace does not trace the step twice."""
   notes: set[str] = set()
-  closed = jax.make_jaxpr(fn)(*args)
-  flops = _jaxpr_matmul_flops(closed.jaxpr, notes)
+  flops = _jaxpr_matmul_flops(closed_jaxpr.jaxpr, notes)
   if flops <= 0:
     notes.add("no convolution or matrix product was found: no FLOP count")
   return flops, sorted(notes)

@@ -52,6 +52,7 @@ Needs torch (`pip install -e ".[bench]"`); importing this module without torch w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -429,7 +430,6 @@ def _autocast(device, dtype: str):
   float32, with float32 parameters: the same split as the Flax model at `config.model.dtype="bfloat16"`
   (layers.py: parameters float32, group norm and attention softmax in float32).
   """
-  import contextlib  # pylint: disable=g-import-not-at-top
   if dtype not in AUTOCAST_DTYPES:
     raise ValueError(f"dtype={dtype!r} is invalid: expected one of {AUTOCAST_DTYPES}.")
   if dtype == "float32":

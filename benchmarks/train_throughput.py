@@ -77,7 +77,8 @@ def main(argv=None) -> dict:
   batches = common.synthetic_batch(exp, batch, leading=(k,), seed=config.seed)
 
   t0 = time.perf_counter()
-  lowered = step_fn.lower(state, batches)
+  traced = step_fn.trace(state, batches)  # one trace: the FLOP count below reads it, the compile lowers it
+  lowered = traced.lower()
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
   # one the whole program. Replicated work (optimizer, EMA) is counted once per device in the former.
   flops_compiled = common.cost_flops(common.safe_cost_analysis(compiled))
   flops_unoptimized = common.cost_flops(common.safe_cost_analysis(lowered))
-  flops_matmul, count_notes = common.matmul_flops(step_fn, state, batches)
+  flops_matmul, count_notes = common.jaxpr_matmul_flops(traced.jaxpr)
   notes.extend(count_notes)
   per_image = lambda f: None if f is None else f / (k * batch)
   flops_per_image_matmul = per_image(flops_matmul) if flops_matmul > 0 else None

@@ -5,9 +5,9 @@ main-job net at batch 32), which glibc serves from a fresh `mmap` and unmaps whe
 pages that is ≈ 50,000 page faults a step, and the step's memory-bound ops (GroupNorm, swish, the skip
 concatenations, the weight-gradient transposes) walk 200 MB through a TLB that covers a few MiB. With
 glibc's `glibc.malloc.hugetlb=1` tunable, malloc marks its mappings `MADV_HUGEPAGE`, the kernel backs them
-with 2 MiB pages, and the same step ran ≈ 1.2× faster on the 2-core development VM (benchmarks/RESULTS.md,
-"Transparent huge pages"). PyTorch's CPU step gains from it too: it is a property of the machine's memory
-system, not of XLA.
+with 2 MiB pages, and on the 2-core development VM the main job ran 1.13× faster (the step alone 1.13–1.26×
+when each step is waited for, 1.02–1.06× dispatched back to back; benchmarks/RESULTS.md item 10). PyTorch's
+CPU step gains from it too: it is a property of the machine's memory system, not of XLA.
 
 glibc reads its tunables once, when the process starts, so they cannot be set from Python; the CLI entry
 point (`ddpm_jax.main.run`) and the benchmark scripts call `reexec_with_huge_pages()` first thing, which
