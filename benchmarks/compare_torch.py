@@ -36,6 +36,17 @@ device's dense tensor-core peak for that dtype (bf16, or TF32 for float32) from 
 
   python benchmarks/compare_torch.py --platform gpu --dtypes float32,bfloat16 --batch_size 128
 
+Where a train step's time goes (`--conv_split`, CPU, float32): each train row also times, in the same
+rounds, the step's 3×3 convolutions alone on both sides, and reports step = convolutions + rest for each
+framework. JAX runs every convolution of its optimized train step (forward, input and weight gradients; the
+shapes, windows and layouts read from the compiled HLO by `profile_step.step_convolutions`) in one compiled
+program; torch runs the forward and `aten.convolution_backward` (the input gradient where autograd computes
+one, the weight gradient, no bias) of every 3×3 `Conv2d` of its net on the input shapes a training forward
+gives them. 1×1 convolutions (NIN shortcuts, attention projections: matrix products in the Flax net) count
+as "rest" on both sides, and the two sides must count the same convolutions or the row fails.
+
+  python benchmarks/compare_torch.py --rows train_mnist,train_cifar10 --conv_split --rounds 6
+
 Threads: JAX on CPU runs on XLA's intra-op pool, which is sized from the CPUs this process may run on, so
 `--threads N` (default: all of them) pins the process to N CPUs before JAX starts and calls
 `torch.set_num_threads(N)`; both are printed. JAX is forced onto its CPU backend.
@@ -67,6 +78,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from benchmarks import profile_step  # noqa: E402
 from benchmarks import torch_reference  # noqa: E402
 from ddpm_jax import train  # noqa: E402
 
@@ -114,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="Peak dense TFLOP/s for MFU at every dtype (default: from a table of known GPUs; "
                            "no MFU on CPUs).")
+  parser.add_argument("--conv_split", action="store_true",
+                      help="Train rows on the CPU in float32: also time the step's 3×3 convolutions alone on "
+                           "both sides in the same rounds, and report convolutions and rest for each.")
   parser.add_argument("--out", default=None, help="Also append the JSON record as one line to this file.")
   args = parser.parse_args(argv)
   dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -124,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.dtypes = dtypes
   if args.batch_size is not None and args.batch_size < 1:
     parser.error(f"--batch_size={args.batch_size} is invalid: expected an integer >= 1.")
+  if args.conv_split and (args.platform != "cpu" or dtypes != ["float32"]):
+    parser.error("--conv_split is for --platform cpu --dtypes float32 (XLA's GPU convolutions are cuDNN calls "
+                 "that the HLO does not show as convolutions).")
   if args.peak_tflops is not None and not args.peak_tflops > 0:
     parser.error(f"--peak_tflops={args.peak_tflops} is invalid: expected a positive number.")
   names = list(ROWS) if args.rows.strip() == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -192,8 +210,10 @@ def _load_config(row: Row, dtype: str = "float32"):
   return common.build_config(args, **fields)
 
 
-def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
-  """Builds both sides of a row; returns their step runners, FLOPs and compile time."""
+def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "float32",
+               conv_split: bool = False) -> dict[str, Any]:
+  """Builds both sides of a row; returns their step runners, FLOPs and compile time (and, for a train row
+  with `conv_split`, runners of the step's convolutions alone: `_setup_convs`)."""
   import torch  # pylint: disable=g-import-not-at-top
   device = "cuda" if platform == "gpu" else "cpu"
   config, _ = _load_config(row, dtype)
@@ -242,6 +262,8 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
       return bool(torch.isfinite(torch_out["loss"]).item())
 
     extra = {"torch_adam": trainer.adam_impl, "torch_ema": "torch._foreach_lerp_"}
+    if conv_split:
+      extra["convs"] = _setup_convs(compiled.as_text(), model, x_torch, config)
   else:
     apply = jax.jit(lambda params, x, t: exp.model_fn(params)(x, t))
     x_jax = batches["image"][0]
@@ -284,6 +306,71 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
           "jax_compile_s": compile_s, "extra": extra}
 
 
+def torch_step_convolutions(model, x, config) -> list[dict[str, Any]]:
+  """The 3×3 convolutions of one torch training step: for each `Conv2d` with a kernel larger than 1×1, in
+  the order a training forward calls them, its weight, the input shape it sees (random values), a random
+  output gradient, and whether autograd computes its input gradient (not for the first layer, whose input
+  x_t needs none). The model must be in training mode; it is not changed."""
+  import torch  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def record(module, args):
+    seen.append((module, tuple(args[0].shape), bool(args[0].requires_grad)))
+
+  hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+           if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) != (1, 1)]
+  try:
+    t = torch.zeros((x.shape[0],), dtype=torch.long, device=x.device)
+    with torch.enable_grad():
+      model(x, t)
+  finally:
+    for h in hooks:
+      h.remove()
+  gen = torch.Generator(device=x.device).manual_seed(int(config.seed))
+  convs = []
+  for module, shape, input_grad in seen:
+    w = module.weight.detach()
+    xin = torch.randn(shape, generator=gen, device=x.device)
+    out_shape = torch.nn.functional.conv2d(xin, w, None, module.stride, module.padding).shape
+    convs.append({"x": xin, "w": w, "grad_out": torch.randn(out_shape, generator=gen, device=x.device),
+                  "stride": tuple(module.stride), "padding": tuple(module.padding), "input_grad": input_grad})
+  return convs
+
+
+def _setup_convs(step_hlo: str, model, x_torch, config) -> dict[str, Any]:
+  """Runners of a train step's 3×3 convolutions alone, JAX's (from its optimized HLO) and torch's."""
+  import torch  # pylint: disable=g-import-not-at-top
+  convs = profile_step.step_convolutions(step_hlo)
+  keys = jax.random.split(jax.random.PRNGKey(int(config.seed)), 2 * len(convs))
+  operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
+              for i, (_, lhs, rhs, _, _) in enumerate(convs)]
+  program = jax.jit(lambda ops: [jax.lax.conv_general_dilated(a, w, **kw)
+                                 for (a, w), (_, _, _, kw, _) in zip(ops, convs)]).lower(operands).compile()
+  torch_convs = torch_step_convolutions(model, x_torch, config)
+  input_grads = sum(c["input_grad"] for c in torch_convs)
+  if 2 * len(torch_convs) + input_grads != len(convs):
+    raise AssertionError(
+        f"the JAX train step has {len(convs)} convolutions; the torch net's 3×3 Conv2d layers give "
+        f"{2 * len(torch_convs) + input_grads} ({len(torch_convs)} forward, as many weight gradients, "
+        f"{input_grads} input gradients): the two nets differ.")
+
+  def run_jax(n: int) -> None:
+    for _ in range(n):
+      out = program(operands)
+    jax.block_until_ready(out)
+
+  def run_torch(n: int) -> None:
+    with torch.no_grad():
+      for _ in range(n):
+        for c in torch_convs:
+          torch.nn.functional.conv2d(c["x"], c["w"], None, c["stride"], c["padding"])
+          torch.ops.aten.convolution_backward(c["grad_out"], c["x"], c["w"], None, c["stride"], c["padding"],
+                                              (1, 1), False, (0, 0), 1, (c["input_grad"], True, False))
+
+  return {"run_jax": run_jax, "run_torch": run_torch, "jax_convolutions": len(convs),
+          "torch_conv2d_layers": len(torch_convs), "torch_input_gradients": input_grads}
+
+
 def _time(fn: Callable[[int], None], n: int) -> float:
   start = time.perf_counter()
   fn(n)
@@ -297,18 +384,32 @@ def run_row(name: str, args: argparse.Namespace, dtype: str = "float32") -> dict
   label = f"{name} {dtype}"
   print(f"[{label}] building and compiling ({row.config}, batch {row.batch_size}, {args.platform})...",
         file=sys.stderr, flush=True)
-  s = _setup_row(name, row, platform=args.platform, dtype=dtype)
+  s = _setup_row(name, row, platform=args.platform, dtype=dtype,
+                 conv_split=bool(getattr(args, "conv_split", False)) and row.kind == "train")
+  convs = s["extra"].pop("convs", None)
   b, n = row.batch_size, args.steps_per_round
   if args.warmup_steps:
     s["run_jax"](args.warmup_steps)
     s["run_torch"](args.warmup_steps)
+    if convs:
+      convs["run_jax"](args.warmup_steps)
+      convs["run_torch"](args.warmup_steps)
   jax_ips, torch_ips = [], []
+  conv_ms = {"jax": [], "torch": []}
   for r in range(args.rounds):
     jax_ips.append(n * b / _time(s["run_jax"], n))
     torch_ips.append(n * b / _time(s["run_torch"], n))
-    print(f"[{label}] round {r + 1}/{args.rounds}: JAX {jax_ips[-1]:.2f} img/s, torch {torch_ips[-1]:.2f} img/s",
-          file=sys.stderr, flush=True)
+    if convs:
+      conv_ms["jax"].append(1e3 * _time(convs["run_jax"], n) / n)
+      conv_ms["torch"].append(1e3 * _time(convs["run_torch"], n) / n)
+    print(f"[{label}] round {r + 1}/{args.rounds}: JAX {jax_ips[-1]:.2f} img/s, torch {torch_ips[-1]:.2f} img/s"
+          + (f"; convolutions alone JAX {conv_ms['jax'][-1]:.1f} ms, torch {conv_ms['torch'][-1]:.1f} ms"
+             if convs else ""), file=sys.stderr, flush=True)
   jax_med, torch_med = statistics.median(jax_ips), statistics.median(torch_ips)
+  if convs:
+    s["extra"]["conv_split"] = conv_split_summary(b, jax_med, torch_med, conv_ms["jax"], conv_ms["torch"])
+    s["extra"]["conv_split"].update({k: convs[k] for k in ("jax_convolutions", "torch_conv2d_layers",
+                                                          "torch_input_gradients")})
   fpi = s["flops_per_image"]
   gflops = lambda ips: None if fpi is None else fpi * ips / 1e9
   peak, peak_source = (peak_tflops(jax.devices()[0].device_kind, dtype, args.peak_tflops)
@@ -342,6 +443,20 @@ def run_row(name: str, args: argparse.Namespace, dtype: str = "float32") -> dict
       **s["extra"],
       "model_config": common.config_summary(s["config"], row.config, s["exp"], s["num_params"]),
   }
+
+
+def conv_split_summary(batch: int, jax_ips: float, torch_ips: float, jax_conv_ms: list[float],
+                       torch_conv_ms: list[float]) -> dict[str, Any]:
+  """Step = convolutions + rest, per framework, from median images/s of the steps and the convolutions'
+  per-round times (ms); the ratios are torch / JAX times (> 1: JAX is faster), as for the steps."""
+  jax_step, torch_step = 1e3 * batch / jax_ips, 1e3 * batch / torch_ips
+  jax_conv, torch_conv = statistics.median(jax_conv_ms), statistics.median(torch_conv_ms)
+  jax_rest, torch_rest = jax_step - jax_conv, torch_step - torch_conv
+  return {"jax_step_ms": jax_step, "torch_step_ms": torch_step, "jax_conv_ms": jax_conv,
+          "torch_conv_ms": torch_conv, "jax_rest_ms": jax_rest, "torch_rest_ms": torch_rest,
+          "conv_ratio_jax_over_torch": torch_conv / jax_conv,
+          "rest_ratio_jax_over_torch": torch_rest / jax_rest if jax_rest > 0 and torch_rest > 0 else None,
+          "jax_conv_ms_rounds": list(jax_conv_ms), "torch_conv_ms_rounds": list(torch_conv_ms)}
 
 
 def _setup_gpu(notes: list[str]) -> dict[str, Any]:
@@ -419,6 +534,18 @@ def main(argv=None) -> dict[str, Any]:
              " TFLOP/s)")
   table += (f"\nmedian over {args.rounds} rounds of {args.steps_per_round} steps each, interleaved JAX/torch; "
             f"{where}; GFLOP/s of both from the JAX program's FLOP count")
+  split = [(r["row"], r["conv_split"]) for r in results if "conv_split" in r]
+  if split:
+    ms = lambda v: f"{v:,.1f}"
+    ratio = lambda v: "—" if v is None else f"{v:.2f}×"
+    table += "\n\n" + common.format_table(
+        ("row", "JAX step ms", "JAX convs", "JAX rest", "torch step ms", "torch convs", "torch rest",
+         "convs JAX / torch", "rest JAX / torch"),
+        [(name, ms(c["jax_step_ms"]), ms(c["jax_conv_ms"]), ms(c["jax_rest_ms"]), ms(c["torch_step_ms"]),
+          ms(c["torch_conv_ms"]), ms(c["torch_rest_ms"]), ratio(c["conv_ratio_jax_over_torch"]),
+          ratio(c["rest_ratio_jax_over_torch"])) for name, c in split])
+    table += ("\nconvs: the step's 3×3 convolutions alone (forward, input and weight gradients), timed in the "
+              "same rounds; rest = step − convs")
   common.emit(record, table, args.out)
   return record
 

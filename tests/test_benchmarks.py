@@ -265,10 +265,22 @@ def test_torch_comparison_imports_without_torch_and_asks_for_it(monkeypatch, cap
   assert compare_torch.parse_args([]).dtypes == ["float32"] and compare_torch.parse_args([]).platform == "cpu"
   for bad, message in ((["--dtypes", "float16"], "--dtypes='float16' is invalid"),
                        (["--batch_size", "0"], "--batch_size=0 is invalid"),
-                       (["--peak_tflops", "-1"], "--peak_tflops=-1.0 is invalid")):
+                       (["--peak_tflops", "-1"], "--peak_tflops=-1.0 is invalid"),
+                       (["--conv_split", "--platform", "gpu"], "--conv_split is for --platform cpu"),
+                       (["--conv_split", "--dtypes", "float32,bfloat16"], "--conv_split is for --platform cpu")):
     with pytest.raises(SystemExit):
       compare_torch.parse_args(bad)
     assert message in capsys.readouterr().err
+  assert compare_torch.parse_args(["--conv_split"]).conv_split and not compare_torch.parse_args([]).conv_split
+  # Step = convolutions + rest: 32 images at 80 img/s is a 400 ms step, at 128 img/s 250 ms; the convolutions
+  # take the median of their rounds (210 and 175 ms); the ratios are torch time / JAX time, as for the steps.
+  split = compare_torch.conv_split_summary(32, 80.0, 128.0, [220.0, 200.0, 210.0], [170.0, 180.0, 175.0])
+  assert split["jax_step_ms"] == pytest.approx(400.0) and split["torch_step_ms"] == pytest.approx(250.0)
+  assert (split["jax_conv_ms"], split["torch_conv_ms"]) == (210.0, 175.0)
+  assert split["jax_rest_ms"] == pytest.approx(190.0) and split["torch_rest_ms"] == pytest.approx(75.0)
+  assert split["conv_ratio_jax_over_torch"] == pytest.approx(175 / 210)
+  assert split["rest_ratio_jax_over_torch"] == pytest.approx(75 / 190)
+  assert compare_torch.conv_split_summary(32, 80.0, 128.0, [420.0], [175.0])["rest_ratio_jax_over_torch"] is None
   # MFU denominators: the project's dense peak table (float32 → TF32 on NVIDIA), none on a CPU.
   assert compare_torch.peak_tflops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4)
   assert compare_torch.peak_tflops("NVIDIA H200", "float32")[0] == pytest.approx(494.7)
