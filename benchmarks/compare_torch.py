@@ -39,11 +39,13 @@ device's dense tensor-core peak for that dtype (bf16, or TF32 for float32) from 
 Where a train step's time goes (`--conv_split`, CPU, float32): each train row also times, in the same
 rounds, the step's 3×3 convolutions alone on both sides, and reports step = convolutions + rest for each
 framework. JAX runs every convolution of its optimized train step (forward, input and weight gradients; the
-shapes, windows and layouts read from the compiled HLO by `profile_step.step_convolutions`) in one compiled
-program; torch runs the forward and `aten.convolution_backward` (the input gradient where autograd computes
+shapes, windows and dimension labels read from the compiled HLO by `profile_step.step_convolutions`) in one
+compiled program, where XLA may run independent ones at once as it does in the step (one jitted call per
+convolution, in sequence, took as long: 215 against 221 ms for the main-job net); torch runs the forward and `aten.convolution_backward` (the input gradient where autograd computes
 one, the weight gradient, no bias) of every 3×3 `Conv2d` of its net on the input shapes a training forward
 gives them. 1×1 convolutions (NIN shortcuts, attention projections: matrix products in the Flax net) count
-as "rest" on both sides, and the two sides must count the same convolutions or the row fails.
+as "rest" on both sides. The two sides must count the same convolutions, or the run stops with an error.
+The ratios are torch's time over JAX's, as for the steps (< 1: JAX is slower).
 
   python benchmarks/compare_torch.py --rows train_mnist,train_cifar10 --conv_split --rounds 6
 
@@ -262,8 +264,7 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
       return bool(torch.isfinite(torch_out["loss"]).item())
 
     extra = {"torch_adam": trainer.adam_impl, "torch_ema": "torch._foreach_lerp_"}
-    if conv_split:
-      extra["convs"] = _setup_convs(compiled.as_text(), model, x_torch, config)
+    step_hlo = compiled.as_text() if conv_split else None  # its convolutions are built after compile_s
   else:
     apply = jax.jit(lambda params, x, t: exp.model_fn(params)(x, t))
     x_jax = batches["image"][0]
@@ -294,6 +295,8 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
 
     extra = {}
   compile_s = time.perf_counter() - t0
+  if row.kind == "train" and step_hlo is not None:
+    extra["convs"] = _setup_convs(step_hlo, model, x_torch, config)
   compiled_flops = common.cost_flops(common.safe_cost_analysis(compiled))
   flops, count_notes = common.jaxpr_matmul_flops(traced.jaxpr)
   flops = flops if flops > 0 else None
@@ -315,14 +318,14 @@ def torch_step_convolutions(model, x, config) -> list[dict[str, Any]]:
   seen = []
 
   def record(module, args):
-    seen.append((module, tuple(args[0].shape), bool(args[0].requires_grad)))
+    seen.append((module, tuple(args[0].shape), bool(args[0].requires_grad)))  # the input as conv2d gets it
 
   hooks = [m.register_forward_pre_hook(record) for m in model.modules()
            if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) != (1, 1)]
   try:
     t = torch.zeros((x.shape[0],), dtype=torch.long, device=x.device)
-    with torch.enable_grad():
-      model(x, t)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.enable_grad():
+      model(x, t)  # dropout draws from a forked generator: the caller's random state is untouched
   finally:
     for h in hooks:
       h.remove()
@@ -331,9 +334,11 @@ def torch_step_convolutions(model, x, config) -> list[dict[str, Any]]:
   for module, shape, input_grad in seen:
     w = module.weight.detach()
     xin = torch.randn(shape, generator=gen, device=x.device)
-    out_shape = torch.nn.functional.conv2d(xin, w, None, module.stride, module.padding).shape
+    out_shape = torch.nn.functional.conv2d(xin, w, None, module.stride, module.padding, module.dilation,
+                                           module.groups).shape
     convs.append({"x": xin, "w": w, "grad_out": torch.randn(out_shape, generator=gen, device=x.device),
-                  "stride": tuple(module.stride), "padding": tuple(module.padding), "input_grad": input_grad})
+                  "stride": tuple(module.stride), "padding": tuple(module.padding),
+                  "dilation": tuple(module.dilation), "groups": int(module.groups), "input_grad": input_grad})
   return convs
 
 
@@ -363,9 +368,10 @@ def _setup_convs(step_hlo: str, model, x_torch, config) -> dict[str, Any]:
     with torch.no_grad():
       for _ in range(n):
         for c in torch_convs:
-          torch.nn.functional.conv2d(c["x"], c["w"], None, c["stride"], c["padding"])
+          torch.nn.functional.conv2d(c["x"], c["w"], None, c["stride"], c["padding"], c["dilation"], c["groups"])
           torch.ops.aten.convolution_backward(c["grad_out"], c["x"], c["w"], None, c["stride"], c["padding"],
-                                              (1, 1), False, (0, 0), 1, (c["input_grad"], True, False))
+                                              c["dilation"], False, (0, 0), c["groups"],
+                                              (c["input_grad"], True, False))
 
   return {"run_jax": run_jax, "run_torch": run_torch, "jax_convolutions": len(convs),
           "torch_conv2d_layers": len(torch_convs), "torch_input_gradients": input_grads}
@@ -545,7 +551,7 @@ def main(argv=None) -> dict[str, Any]:
           ms(c["torch_conv_ms"]), ms(c["torch_rest_ms"]), ratio(c["conv_ratio_jax_over_torch"]),
           ratio(c["rest_ratio_jax_over_torch"])) for name, c in split])
     table += ("\nconvs: the step's 3×3 convolutions alone (forward, input and weight gradients), timed in the "
-              "same rounds; rest = step − convs")
+              "same rounds; rest = step − convs; ratios: torch time / JAX time (< 1: JAX is slower)")
   common.emit(record, table, args.out)
   return record
 
