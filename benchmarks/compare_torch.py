@@ -236,6 +236,7 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
   x_torch = torch_reference.to_torch_images(host_images, device=device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
+  step_hlo = None  # the train step's optimized HLO, kept for --conv_split
   t0 = time.perf_counter()
   if row.kind == "train":
     step_fn = train.compile_train_step(exp, state)
@@ -295,7 +296,7 @@ def _setup_row(name: str, row: Row, *, platform: str = "cpu", dtype: str = "floa
 
     extra = {}
   compile_s = time.perf_counter() - t0
-  if row.kind == "train" and step_hlo is not None:
+  if step_hlo is not None:
     extra["convs"] = _setup_convs(step_hlo, model, x_torch, config)
   compiled_flops = common.cost_flops(common.safe_cost_analysis(compiled))
   flops, count_notes = common.jaxpr_matmul_flops(traced.jaxpr)
@@ -346,11 +347,8 @@ def _setup_convs(step_hlo: str, model, x_torch, config) -> dict[str, Any]:
   """Runners of a train step's 3×3 convolutions alone, JAX's (from its optimized HLO) and torch's."""
   import torch  # pylint: disable=g-import-not-at-top
   convs = profile_step.step_convolutions(step_hlo)
-  keys = jax.random.split(jax.random.PRNGKey(int(config.seed)), 2 * len(convs))
-  operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
-              for i, (_, lhs, rhs, _, _) in enumerate(convs)]
-  program = jax.jit(lambda ops: [jax.lax.conv_general_dilated(a, w, **kw)
-                                 for (a, w), (_, _, _, kw, _) in zip(ops, convs)]).lower(operands).compile()
+  operands = profile_step.random_operands(convs, int(config.seed))
+  program = jax.jit(lambda ops: profile_step.apply_convolutions(convs, ops)).lower(operands).compile()
   torch_convs = torch_step_convolutions(model, x_torch, config)
   input_grads = sum(c["input_grad"] for c in torch_convs)
   if 2 * len(torch_convs) + input_grads != len(convs):
@@ -391,7 +389,7 @@ def run_row(name: str, args: argparse.Namespace, dtype: str = "float32") -> dict
   print(f"[{label}] building and compiling ({row.config}, batch {row.batch_size}, {args.platform})...",
         file=sys.stderr, flush=True)
   s = _setup_row(name, row, platform=args.platform, dtype=dtype,
-                 conv_split=bool(getattr(args, "conv_split", False)) and row.kind == "train")
+                 conv_split=args.conv_split and row.kind == "train")
   convs = s["extra"].pop("convs", None)
   b, n = row.batch_size, args.steps_per_round
   if args.warmup_steps:

@@ -104,17 +104,27 @@ def step_convolutions(hlo_text: str) -> list:
   return convs
 
 
+def random_operands(convs: list, seed: int = 0) -> list:
+  """Standard-normal (lhs, rhs) operands for each convolution of `step_convolutions`."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(convs))
+  return [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
+          for i, (_, lhs, rhs, _, _) in enumerate(convs)]
+
+
+def apply_convolutions(convs: list, operands: list) -> list:
+  """The outputs of every convolution of `step_convolutions` on its operands (traceable: jit it)."""
+  return [jax.lax.conv_general_dilated(a, b, **kw) for (a, b), (_, _, _, kw, _) in zip(operands, convs)]
+
+
 def conv_floor_ms(hlo_text: str, repeats: int = 5) -> tuple[float, int]:
   """(best time in ms of all the module's convolutions run alone in one program, how many there are)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   convs = step_convolutions(hlo_text)
-  keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(convs))
-  operands = [(jax.random.normal(keys[2 * i], lhs), jax.random.normal(keys[2 * i + 1], rhs))
-              for i, (_, lhs, rhs, _, _) in enumerate(convs)]
+  operands = random_operands(convs)
 
   @jax.jit
   def run(ops):
-    return [jnp.sum(jax.lax.conv_general_dilated(a, b, **kw)) for (a, b), (_, _, _, kw, _) in zip(ops, convs)]
+    return [jnp.sum(y) for y in apply_convolutions(convs, ops)]
 
   jax.block_until_ready(run(operands))
   best = float("inf")
